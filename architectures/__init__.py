@@ -1,0 +1,1 @@
+"""Network classes selectable from nnU-Net plans (``network_class_name``)."""

@@ -1,0 +1,1 @@
+"""Shim folder for nnU-Net's ``nnUNet_extTrainer`` (flat modules re-exporting plugin trainers)."""

@@ -1,0 +1,1 @@
+"""Trainer hooks: small mixins shared by every plugin trainer."""

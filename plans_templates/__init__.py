@@ -1,0 +1,1 @@
+"""JSON templates for ``nnunet-fm plans add``."""
