@@ -1,0 +1,135 @@
+"""``nnunet-fm`` command line: env, doctor, plans, demo-data, check-dataset, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from nnunet_fm.errors import UserInputError
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    from nnunet_fm.environment import env_lines
+
+    print("\n".join(env_lines()))
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from nnunet_fm.doctor import format_report, run_checks
+
+    checks = run_checks()
+    print(format_report(checks))
+    essential = [c for c in checks if c.name.startswith(("nnunetv2", "trainer"))]
+    return 0 if all(c.ok for c in essential) else 1
+
+
+def _cmd_plans_add(args: argparse.Namespace) -> int:
+    from nnunet_fm.plans import add_configuration, parse_assignments
+
+    result = add_configuration(args.dataset, args.template, args.name, args.plans, parse_assignments(args.set or []))
+    print(f"Added configuration '{result.configuration}' to {result.plans_file} (backup: {result.backup.name})")
+    print(f"  patch_size {result.patch_size}, batch_size {result.batch_size}")
+    print(
+        f"  train: nnUNetv2_train {args.dataset} {result.configuration} FOLD -tr {result.trainer} -p {args.plans} --npz"
+    )
+    return 0
+
+
+def _cmd_plans_list(args: argparse.Namespace) -> int:
+    from nnunet_fm.templates import describe_templates
+
+    print(describe_templates())
+    return 0
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from nnunet_fm.demo_data import DemoSpec, write_demo_dataset
+
+    folder = write_demo_dataset(
+        args.out,
+        args.id,
+        args.name,
+        args.train,
+        args.test,
+        DemoSpec(shape=tuple(args.shape), spacing=tuple(args.spacing)),
+        args.seed,
+    )
+    print(f"Wrote {folder}")
+    return 0
+
+
+def _cmd_check_dataset(args: argparse.Namespace) -> int:
+    from nnunet_fm.dataset_check import check_raw_dataset
+
+    cases = check_raw_dataset(args.folder)
+    print(f"{args.folder}: {len(cases)} training case(s), no problems found")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from nnunet_fm.demo import run_demo
+
+    scores = run_demo(
+        args.workdir, trainer=args.trainer, epochs=args.epochs, iterations=args.iterations, device=args.device
+    )
+    print(json.dumps(scores, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnunet-fm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("env", help="print the export lines nnU-Net needs").set_defaults(func=_cmd_env)
+    sub.add_parser("doctor", help="check the installation").set_defaults(func=_cmd_doctor)
+
+    plans = sub.add_parser("plans", help="add plugin configurations to nnU-Net plans").add_subparsers(
+        dest="plans_command", required=True
+    )
+    add = plans.add_parser("add", help="add a template configuration to a plans file")
+    add.add_argument("-d", "--dataset", required=True, help="dataset id or name")
+    add.add_argument("--template", required=True, help="template name (see `nnunet-fm plans list`)")
+    add.add_argument("--name", help="configuration name (default: the template's)")
+    add.add_argument("--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    add.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override documented keys (JSON values)")
+    add.set_defaults(func=_cmd_plans_add)
+    plans.add_parser("list", help="list templates, their keys and defaults").set_defaults(func=_cmd_plans_list)
+
+    demo_data = sub.add_parser("demo-data", help="write a synthetic few-shot vessel dataset")
+    demo_data.add_argument("--out", required=True, help="nnUNet_raw folder to write into")
+    demo_data.add_argument("--id", type=int, required=True)
+    demo_data.add_argument("--name", default="FMDemoVessels")
+    demo_data.add_argument("--train", type=int, default=8)
+    demo_data.add_argument("--test", type=int, default=4)
+    demo_data.add_argument("--shape", type=int, nargs=3, default=[32, 64, 64], metavar=("D", "H", "W"))
+    demo_data.add_argument("--spacing", type=float, nargs=3, default=[1.5, 0.7, 0.7], metavar=("SZ", "SY", "SX"))
+    demo_data.add_argument("--seed", type=int, default=0)
+    demo_data.set_defaults(func=_cmd_demo_data)
+
+    check = sub.add_parser("check-dataset", help="check a raw dataset folder, naming every bad case")
+    check.add_argument("folder")
+    check.set_defaults(func=_cmd_check_dataset)
+
+    demo = sub.add_parser("demo", help="run the main job end to end on synthetic data")
+    demo.add_argument("--workdir", default="demo_run")
+    demo.add_argument("--trainer", default=None, help="trainer (default: the flagship)")
+    demo.add_argument("--epochs", type=int, default=None)
+    demo.add_argument("--iterations", type=int, default=None)
+    demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserInputError as exc:
+        print(f"nnunet-fm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""``nnunet-fm doctor``: check the installation and print a report with fixes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnunet_fm.environment import EXT_TRAINER_VARIABLE, NNUNET_PATH_VARIABLES, plugin_env, shim_folder
+
+MIN_NNUNET = (2, 8, 1)
+
+
+@dataclass
+class Check:
+    """One line of the report."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def plugin_trainer_names() -> list[str]:
+    """Trainer classes exported by the shim module(s)."""
+    import nnunet_fm.ext_trainers.nnunet_fm_trainers as shim
+
+    return list(shim.__all__)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int("".join(ch for ch in part if ch.isdigit()) or 0) for part in text.split(".")[:3])
+
+
+def check_nnunet_version() -> Check:
+    from importlib.metadata import version
+
+    found = version("nnunetv2")
+    ok = _version_tuple(found) >= MIN_NNUNET
+    return Check("nnunetv2 version", ok, found, "" if ok else "pip install -U 'nnunetv2>=2.8.1'")
+
+
+def check_env_vars() -> list[Check]:
+    checks = []
+    for name in NNUNET_PATH_VARIABLES:
+        value = os.environ.get(name)
+        ok = bool(value) and Path(value).is_dir()
+        checks.append(Check(name, ok, value or "not set", "" if ok else f"mkdir -p DIR && export {name}=DIR"))
+    ext = os.environ.get(EXT_TRAINER_VARIABLE, "")
+    ok = str(shim_folder()) in ext.split(os.pathsep)
+    checks.append(
+        Check(
+            EXT_TRAINER_VARIABLE,
+            ok,
+            ext or "not set",
+            "" if ok else f"export {EXT_TRAINER_VARIABLE}={plugin_env()[EXT_TRAINER_VARIABLE]}",
+        )
+    )
+    return checks
+
+
+def check_trainers_resolve() -> list[Check]:
+    """Resolve every plugin trainer through nnU-Net's own lookup, with the shim folder on the path."""
+    from nnunetv2 import paths
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    checks = []
+    saved = os.environ.get(EXT_TRAINER_VARIABLE)
+    os.environ[EXT_TRAINER_VARIABLE] = plugin_env()[EXT_TRAINER_VARIABLE]
+    getattr(paths, "nnUNet_extTrainer", None)
+    try:
+        for name in plugin_trainer_names():
+            try:
+                cls = recursive_find_trainer_class_by_name(name)
+                checks.append(Check(f"trainer {name}", True, f"{cls.__module__}.{cls.__name__}"))
+            except Exception as exc:  # report every failure, keep checking the others
+                checks.append(
+                    Check(
+                        f"trainer {name}",
+                        False,
+                        str(exc).splitlines()[0],
+                        "reinstall nnunet-fm; check nnUNet_extTrainer",
+                    )
+                )
+    finally:
+        if saved is None:
+            os.environ.pop(EXT_TRAINER_VARIABLE, None)
+        else:
+            os.environ[EXT_TRAINER_VARIABLE] = saved
+    return checks
+
+
+def check_encoder_weights() -> Check:
+    from nnunet_fm.encoders import ENCODER_WEIGHTS_ENV_VAR, resolve_weights_spec
+
+    spec = resolve_weights_spec(None)
+    if spec in ("hub", "none"):
+        return Check(
+            "DINOv3 weights",
+            spec == "none",
+            f"{ENCODER_WEIGHTS_ENV_VAR} unset -> '{spec}'",
+            f"offline machines: download a DINOv3 checkpoint (timm, Meta or HF format) and "
+            f"export {ENCODER_WEIGHTS_ENV_VAR}=/path/to/file, or set encoder_weights in the plans",
+        )
+    ok = Path(spec).exists()
+    return Check("DINOv3 weights", ok, spec, "" if ok else f"{spec} does not exist; fix {ENCODER_WEIGHTS_ENV_VAR}")
+
+
+def check_cuda() -> Check:
+    import torch
+
+    if torch.cuda.is_available():
+        return Check("CUDA", True, torch.cuda.get_device_name(0))
+    return Check(
+        "CUDA",
+        False,
+        "no GPU visible: training works with -device cpu but is slow",
+        "use a machine with an NVIDIA GPU for real training",
+    )
+
+
+def run_checks() -> list[Check]:
+    checks = [check_nnunet_version(), *check_env_vars(), *check_trainers_resolve()]
+    try:
+        checks.append(check_encoder_weights())
+    except ImportError as exc:
+        checks.append(Check("DINOv3 weights", False, f"encoder module unavailable: {exc}"))
+    checks.append(check_cuda())
+    return checks
+
+
+def format_report(checks: list[Check]) -> str:
+    lines = []
+    for check in checks:
+        lines.append(f"[{'ok' if check.ok else '!!'}] {check.name}: {check.detail}")
+        if check.fix and not check.ok:
+            lines.append(f"      fix: {check.fix}")
+    return "\n".join(lines)

@@ -1,0 +1,241 @@
+"""Frozen DINOv3 ViT encoder (timm) that turns 2D slices into multi-level patch feature maps."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
+
+from nnunet_fm import encoder_weights as ew
+
+__all__ = [
+    "ENCODER_WEIGHTS_ENV_VAR",
+    "FrozenDINOv3",
+    "LoadReport",
+    "normalize_imagenet",
+    "resolve_weights_spec",
+]
+
+#: Environment variable consulted when the plans do not set ``encoder_weights``.
+ENCODER_WEIGHTS_ENV_VAR = "nnUNet_fm_encoder_weights"
+
+_MAX_KEYS_SHOWN = 5
+
+
+def resolve_weights_spec(value: str | None) -> str:
+    """Pick the encoder weights spec: the plans value if set, else the env var, else ``"hub"``."""
+    if value is not None and str(value) != "":
+        return str(value)
+    env = os.environ.get(ENCODER_WEIGHTS_ENV_VAR, "")
+    if env != "":
+        return env
+    return "hub"
+
+
+def normalize_imagenet(x: torch.Tensor) -> torch.Tensor:
+    """Normalise ``[N, 3, H, W]`` images in [0, 1] with the ImageNet mean/std."""
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@dataclass
+class LoadReport:
+    """Outcome of :meth:`FrozenDINOv3.load_weights`."""
+
+    source: str
+    format: str
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+
+
+class FrozenDINOv3(nn.Module):
+    """A frozen timm DINOv3 ViT returning un-normalised patch tokens of selected blocks as NCHW maps.
+
+    ``taps`` are 0-based block indices. Inputs must already be ImageNet-normalised and have H, W
+    divisible by the patch size (16). Parameters never require grad and the ViT always stays in
+    eval mode, whatever mode the parent network is put in.
+    """
+
+    IMAGENET_MEAN: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)
+    IMAGENET_STD: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)
+
+    def __init__(
+        self,
+        model_name: str = "vit_small_patch16_dinov3",
+        taps: Iterable[int] = (1, 4, 7, 10),
+        weights: str | os.PathLike | None = None,
+        chunk_slices: int = 8,
+        amp: bool = False,
+        **timm_kwargs,
+    ) -> None:
+        super().__init__()
+        self.model_name = model_name
+        self.vit = timm.create_model(model_name, pretrained=False, **timm_kwargs)
+        self.timm_kwargs = dict(timm_kwargs)
+        depth = len(self.vit.blocks)
+        taps = tuple(int(t) for t in taps)
+        if len(taps) == 0:
+            raise ValueError("FrozenDINOv3: taps must name at least one block index.")
+        bad = [t for t in taps if not 0 <= t < depth]
+        if bad:
+            raise ValueError(
+                f"FrozenDINOv3: tap indices {bad} are out of range for '{model_name}' with depth {depth}; "
+                f"taps are 0-based block indices in [0, {depth - 1}]."
+            )
+        if int(chunk_slices) < 1:
+            raise ValueError(f"FrozenDINOv3: chunk_slices must be >= 1, got {chunk_slices}.")
+        self.taps = taps
+        self.embed_dim = int(self.vit.embed_dim)
+        ps = self.vit.patch_embed.patch_size
+        self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+        self.chunk_slices = int(chunk_slices)
+        self.amp = bool(amp)
+        self.weights_report: LoadReport | None = None
+        for p in self.vit.parameters():
+            p.requires_grad_(False)
+        self.vit.eval()
+        if weights is not None:
+            self.load_weights(weights)
+
+    def train(self, mode: bool = True) -> FrozenDINOv3:
+        """Set the wrapper's mode but keep the ViT in eval mode."""
+        super().train(mode)
+        self.vit.eval()
+        return self
+
+    @property
+    def num_taps(self) -> int:
+        """Number of feature maps returned by :meth:`forward`."""
+        return len(self.taps)
+
+    def _check_input(self, images: torch.Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"FrozenDINOv3 expects images of shape [N, 3, H, W], got {tuple(images.shape)}.")
+        h, w = images.shape[-2:]
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(
+                f"FrozenDINOv3: image size {h}x{w} (input shape {tuple(images.shape)}) is not a multiple of "
+                f"the patch size {p}; pad or crop H and W to multiples of {p} "
+                f"(e.g. {-(-h // p) * p}x{-(-w // p) * p})."
+            )
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Map ``[N, 3, H, W]`` to ``len(taps)`` float32 tensors of shape ``[N, C, H/16, W/16]``."""
+        self._check_input(images)
+        self.vit.eval()
+        p = self.patch_size
+        n, _, h, w = images.shape
+        if n == 0:
+            return [images.new_zeros((0, self.embed_dim, h // p, w // p)) for _ in self.taps]
+        param = next(self.vit.parameters())
+        images = images.to(device=param.device, dtype=param.dtype)
+        if self.amp:
+            ctx = torch.autocast(device_type=images.device.type, dtype=torch.bfloat16)
+        else:
+            ctx = nullcontext()
+        # timm returns intermediates in block order, so ask for sorted unique taps and map back
+        blocks = sorted(set(self.taps))
+        per_block: list[list[torch.Tensor]] = [[] for _ in blocks]
+        for start in range(0, n, self.chunk_slices):
+            chunk = images[start : start + self.chunk_slices]
+            with ctx:
+                feats = self.vit.forward_intermediates(
+                    chunk,
+                    indices=blocks,
+                    norm=False,
+                    stop_early=True,
+                    output_fmt="NCHW",
+                    intermediates_only=True,
+                )
+            for acc, f in zip(per_block, feats):
+                acc.append(f.float())
+        out = [acc[0] if len(acc) == 1 else torch.cat(acc, dim=0) for acc in per_block]
+        return [out[blocks.index(t)] for t in self.taps]
+
+    def load_weights(self, spec: str | os.PathLike) -> LoadReport:
+        """Load the ViT weights and return a :class:`LoadReport`.
+
+        ``spec`` is ``"hub"`` (timm's pretrained download), ``"none"`` (keep the random init) or a local
+        file / directory in timm, Meta-DINOv3 or HF-transformers layout (see ``nnunet_fm.encoder_weights``).
+        Loading is strict: any missing, unexpected or mis-shaped key raises.
+        """
+        key = str(spec).strip()
+        if key.lower() == "none":
+            report = LoadReport(source="none", format="random-init")
+        elif key.lower() == "hub":
+            report = self._load_hub()
+        else:
+            report = self._load_file(Path(key))
+        for p in self.vit.parameters():
+            p.requires_grad_(False)
+        self.vit.eval()
+        self.weights_report = report
+        return report
+
+    def _load_hub(self) -> LoadReport:
+        try:
+            pretrained = timm.create_model(self.model_name, pretrained=True, **self.timm_kwargs)
+        except Exception as e:  # noqa: BLE001 - any download/cache failure gets the same advice
+            raise RuntimeError(
+                f"Downloading pretrained weights for '{self.model_name}' via timm / the Hugging Face hub "
+                f"failed ({type(e).__name__}: {e}). Without internet access, download the checkpoint "
+                f"elsewhere and pass a local file or directory, either as plans key 'encoder_weights' or "
+                f"via the environment variable {ENCODER_WEIGHTS_ENV_VAR}=/path/to/weights "
+                f"({ew.ACCEPTED_FORMATS_HELP}); use 'none' to keep random weights."
+            ) from e
+        self._load_strict(pretrained.state_dict(), source=f"hub:{self.model_name}", fmt="timm")
+        return LoadReport(source=f"hub:{self.model_name}", format="timm")
+
+    def _load_file(self, path: Path) -> LoadReport:
+        path = path.expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"Encoder weights file '{path}' does not exist. Provide DINOv3 weights as a local file or "
+                f"directory via plans key 'encoder_weights' or the environment variable "
+                f"{ENCODER_WEIGHTS_ENV_VAR} ({ew.ACCEPTED_FORMATS_HELP}); or use 'hub' to download them "
+                f"or 'none' for random weights."
+            )
+        sd = ew.read_state_dict(path)
+        try:
+            fmt = ew.detect_format(sd)
+        except ew.WeightsFormatError as e:
+            raise ew.WeightsFormatError(f"Encoder weights '{path}': {e}") from e
+        converted = ew.to_timm_state_dict(sd, fmt, self.vit)
+        self._load_strict(converted, source=str(path), fmt=fmt)
+        return LoadReport(source=str(path), format=fmt)
+
+    def _load_strict(self, sd: dict[str, torch.Tensor], source: str, fmt: str) -> None:
+        missing, unexpected, mismatched = ew.check_state_dict(sd, self.vit)
+        if missing or unexpected or mismatched:
+            parts = []
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("shape-mismatched", mismatched),
+            ):
+                if keys:
+                    shown = ", ".join(keys[:_MAX_KEYS_SHOWN])
+                    more = f" ... and {len(keys) - _MAX_KEYS_SHOWN} more" if len(keys) > _MAX_KEYS_SHOWN else ""
+                    parts.append(f"{len(keys)} {label} key(s): {shown}{more}")
+            hint = ""
+            if any(k.endswith(("q_bias", "v_bias")) for k in unexpected + missing):
+                hint = " (q/v bias differences: try the '<name>_qkvb' timm variant or the plain one)"
+            raise ew.WeightsFormatError(
+                f"Weights from '{source}' (detected format: {fmt}) do not match '{self.model_name}' "
+                f"(embed_dim={self.embed_dim}, depth={len(self.vit.blocks)}): "
+                + "; ".join(parts)
+                + hint
+                + f". Check that the model name matches the checkpoint; {ew.ACCEPTED_FORMATS_HELP}."
+            )
+        ref = next(iter(self.vit.state_dict().values()))
+        self.vit.load_state_dict({k: v.to(ref.device) for k, v in sd.items()}, strict=True)

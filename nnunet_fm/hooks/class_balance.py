@@ -1,0 +1,84 @@
+"""Class frequencies of the training labels actually used, CE class weights and the loss they feed."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from nnunet_fm.hooks.slice_mask import SliceMaskedLoss
+
+
+def label_counts(segmentations, num_classes: int, ignore_label: int | None) -> np.ndarray:
+    """Voxel count per class over label arrays (ignore-label and padding voxels are not counted)."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for seg in segmentations:
+        values = np.asarray(seg).astype(np.int64).ravel()
+        values = values[(values >= 0) & (values < num_classes) & (values != (ignore_label or -1))]
+        counts += np.bincount(values, minlength=num_classes)[:num_classes]
+    return counts
+
+
+def class_frequencies(counts: np.ndarray) -> np.ndarray:
+    """f_c = max(count_c, 1) / total: finite and positive even for classes absent from the labels."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return np.maximum(counts, 1.0) / max(counts.sum(), 1.0)
+
+
+def class_weights(counts: np.ndarray, bg_weight: float, use_mfb: bool) -> np.ndarray:
+    """CE weights: median-frequency balancing (median(f) / f_c) or ones; background set to ``bg_weight``."""
+    if use_mfb:
+        frequencies = class_frequencies(counts)
+        weights = np.median(frequencies) / frequencies
+    else:
+        weights = np.ones(len(counts))
+    weights[0] = bg_weight
+    return weights
+
+
+class ClassBalanceMixin:
+    """Computes class statistics from the used training cases and builds the plugin loss from them.
+
+    The loss is nnU-Net's Dice + CE (MemoryEfficientSoftDiceLoss, RobustCrossEntropyLoss) with CE class
+    weights, wrapped so logits are clamped, computed in fp32 and masked per slice (``depth_min_fg_frac``).
+    """
+
+    def fm_class_counts(self) -> np.ndarray:
+        if getattr(self, "_fm_counts", None) is None:
+            cases, _ = self.do_split()
+            dataset = self.dataset_class(self.preprocessed_dataset_folder, list(cases))
+            segs = (np.asarray(dataset.load_case(key)[1][:]) for key in cases)
+            num_classes = self.label_manager.num_segmentation_heads
+            self._fm_counts = label_counts(segs, num_classes, self.label_manager.ignore_label)
+            absent = [c for c in range(num_classes) if self._fm_counts[c] == 0]
+            if absent:
+                message = (
+                    f"classes {absent} do not occur in the {len(cases)} training case(s) used; their weights "
+                    "and priors are computed from a count of 1 voxel"
+                )
+                warnings.warn(message, stacklevel=2)
+                self.print_to_log_file("WARNING: " + message)
+            self.print_to_log_file(f"Training label voxel counts per class: {self._fm_counts.tolist()}")
+        return self._fm_counts
+
+    def fm_class_weights(self) -> np.ndarray:
+        return class_weights(
+            self.fm_class_counts(), float(self.fm_option("bg_weight")), bool(self.fm_option("use_mfb"))
+        )
+
+    def _build_loss(self):
+        if self.dataset_class is None:
+            from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        weights = self.fm_class_weights()
+        self.print_to_log_file(f"CE class weights: {np.round(weights, 4).tolist()}")
+        return SliceMaskedLoss.dice_ce(
+            ce_weight=torch.tensor(weights, dtype=torch.float32, device=self.device),
+            ignore_label=self.label_manager.ignore_label,
+            depth_min_fg_frac=float(self.fm_option("depth_min_fg_frac")),
+            logit_clamp=float(self.fm_option("logit_clamp")),
+            batch_dice=self.configuration_manager.batch_dice,
+            ddp=self.is_ddp,
+        )

@@ -1,0 +1,81 @@
+"""Networks built from the plans: ``architecture`` block plus the network's own top-level plans keys."""
+
+from __future__ import annotations
+
+import inspect
+import pydoc
+
+from torch import nn
+
+from nnunet_fm.errors import UserInputError
+from nnunet_fm.hooks.prior_bias import unwrap
+
+
+def network_kwargs(configuration: dict, patch_size, enable_deep_supervision: bool) -> tuple[type, dict]:
+    """Network class and constructor kwargs for a (resolved) plans configuration.
+
+    ``arch_kwargs`` come first; keys the class lists in ``plans_keys`` are taken from the configuration's
+    top level when present; ``patch_size`` / ``deep_supervision`` are passed when the constructor accepts them.
+    """
+    architecture = configuration["architecture"]
+    network_class = pydoc.locate(architecture["network_class_name"])
+    if network_class is None:
+        raise UserInputError(
+            f"Network class '{architecture['network_class_name']}' in the plans cannot be imported; "
+            "check network_class_name (e.g. nnunet_fm.architectures.lightmedseg.LightMedSeg)."
+        )
+    kwargs = dict(architecture["arch_kwargs"])
+    for key in architecture.get("_kw_requires_import", []):
+        if kwargs.get(key) is not None:
+            kwargs[key] = pydoc.locate(kwargs[key])
+    for key in getattr(network_class, "plans_keys", ()):
+        if configuration.get(key) is not None:
+            kwargs[key] = configuration[key]
+    accepted = inspect.signature(network_class).parameters
+    if "patch_size" in accepted:
+        kwargs["patch_size"] = list(patch_size)
+    if "deep_supervision" in accepted:
+        kwargs["deep_supervision"] = enable_deep_supervision
+    return network_class, kwargs
+
+
+class PlansNetworkMixin:
+    """Builds any plans-selected network; no deep supervision; compile only on request; loads encoder weights."""
+
+    @classmethod
+    def build_network_architecture(
+        cls,
+        plans_manager,
+        configuration_manager,
+        num_input_channels: int,
+        num_output_channels: int,
+        enable_deep_supervision: bool = True,
+    ) -> nn.Module:
+        network_class, kwargs = network_kwargs(
+            configuration_manager.configuration, configuration_manager.patch_size, enable_deep_supervision
+        )
+        network = network_class(input_channels=num_input_channels, num_classes=num_output_channels, **kwargs)
+        if hasattr(network, "initialize"):
+            network.apply(network.initialize)  # dynamic-network-architectures' weight init
+        return network
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        decoder = getattr(unwrap(self.network), "decoder", None)
+        if decoder is not None and hasattr(decoder, "deep_supervision"):
+            decoder.deep_supervision = enabled
+
+    def _do_i_compile(self) -> bool:
+        return self.device.type == "cuda" and bool(self.fm_option("compile"))
+
+    def initialize(self):
+        super().initialize()
+        encoder = getattr(unwrap(self.network), "encoder", None)
+        if encoder is not None and hasattr(encoder, "load_weights"):
+            from nnunet_fm.encoders import resolve_weights_spec
+
+            spec = resolve_weights_spec(self.fm_option("encoder_weights"))
+            report = encoder.load_weights(spec)
+            self.print_to_log_file(f"Frozen encoder weights: {report}")
+        trainable = sum(p.numel() for p in self.network.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.network.parameters() if not p.requires_grad)
+        self.print_to_log_file(f"Parameters: {trainable:,} trainable, {frozen:,} frozen")

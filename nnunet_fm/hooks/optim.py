@@ -1,0 +1,47 @@
+"""AdamW over trainable parameters with linear warmup then cosine decay (stepped per epoch, as nnU-Net does)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LRScheduler
+
+
+def warmup_cosine_lr(epoch: int, peak_lr: float, warmup: int, total: int) -> float:
+    """Learning rate at ``epoch``: linear warmup to ``peak_lr`` over ``warmup`` epochs, then cosine to 0."""
+    if epoch < warmup:
+        return peak_lr * (epoch + 1) / warmup
+    progress = (epoch - warmup) / max(1, total - warmup)
+    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class WarmupCosineLR(LRScheduler):
+    """``step(epoch)`` sets the learning rate of every param group to ``warmup_cosine_lr(epoch, ...)``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, peak_lr: float, warmup: int, total: int):
+        self.peak_lr, self.warmup, self.total = peak_lr, warmup, total
+        super().__init__(optimizer, -1)
+
+    def get_lr(self) -> list[float]:
+        return [warmup_cosine_lr(max(self.last_epoch, 0), self.peak_lr, self.warmup, self.total)] * len(
+            self.optimizer.param_groups
+        )
+
+    def step(self, epoch: int | None = None) -> None:
+        self.last_epoch = self.last_epoch + 1 if epoch is None else epoch
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            group["lr"] = lr
+        self._last_lr = self.get_lr()
+
+
+class AdamWWarmupCosineMixin:
+    """``configure_optimizers``: AdamW on parameters that require grad; frozen encoders are left out."""
+
+    def configure_optimizers(self):
+        self.initial_lr = float(self.fm_option("initial_lr"))
+        self.weight_decay = float(self.fm_option("weight_decay"))
+        trainable = [p for p in self.network.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=self.initial_lr, weight_decay=self.weight_decay)
+        warmup = min(int(self.fm_option("warmup_epochs")), self.num_epochs // 10)
+        return optimizer, WarmupCosineLR(optimizer, self.initial_lr, warmup, self.num_epochs)

@@ -1,0 +1,73 @@
+"""Per-slice loss masking: slices with too little foreground contribute nothing to CE or Dice."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MASK_VALUE = -1  # label value for masked voxels when the dataset has no ignore label of its own
+
+
+def low_foreground_slices(target: torch.Tensor, threshold: float, ignore_label: int | None) -> torch.Tensor:
+    """Boolean [B, D]: slices (along axis 2 of a [B, 1, D, H, W] label batch) whose fg fraction < threshold."""
+    foreground = target > 0
+    if ignore_label is not None:
+        foreground &= target != ignore_label
+    return foreground.flatten(3).float().mean(-1)[:, 0] < threshold
+
+
+class SliceMaskedLoss(nn.Module):
+    """Wraps a loss that honours an ignore label: masks low-foreground slices, clamps logits, runs in fp32."""
+
+    def __init__(
+        self, loss: nn.Module, mask_value: int, depth_min_fg_frac: float, logit_clamp: float, ignore_label: int | None
+    ):
+        super().__init__()
+        self.loss = loss
+        self.mask_value = mask_value
+        self.depth_min_fg_frac = depth_min_fg_frac
+        self.logit_clamp = logit_clamp
+        self.ignore_label = ignore_label
+
+    @classmethod
+    def dice_ce(
+        cls,
+        ce_weight: torch.Tensor | None,
+        ignore_label: int | None,
+        depth_min_fg_frac: float,
+        logit_clamp: float,
+        batch_dice: bool = False,
+        ddp: bool = False,
+    ) -> SliceMaskedLoss:
+        """nnU-Net's Dice + weighted CE, wrapped with slice masking."""
+        from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+        from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+        mask_value = ignore_label if ignore_label is not None else MASK_VALUE
+        ce_kwargs = {} if ce_weight is None else {"weight": ce_weight}
+        base = DC_and_CE_loss(
+            {"batch_dice": batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": ddp},
+            ce_kwargs,
+            weight_ce=1,
+            weight_dice=1,
+            ignore_label=mask_value,
+            dice_class=MemoryEfficientSoftDiceLoss,
+        )
+        return cls(base, mask_value, depth_min_fg_frac, logit_clamp, ignore_label)
+
+    def mask_target(self, target: torch.Tensor) -> torch.Tensor:
+        """Target with every voxel of a low-foreground slice set to the mask value."""
+        if self.depth_min_fg_frac <= 0 or target.ndim != 5:
+            return target
+        low = low_foreground_slices(target, self.depth_min_fg_frac, self.ignore_label)
+        return torch.where(low[:, None, :, None, None], torch.full_like(target, self.mask_value), target)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = self.mask_target(target)
+        logits = logits.float()
+        if self.logit_clamp > 0:
+            logits = logits.clamp(-self.logit_clamp, self.logit_clamp)
+        if not (target != self.mask_value).any():
+            return logits.sum() * 0.0  # nothing supervised in this batch: zero loss, zero gradient
+        with torch.autocast(logits.device.type, enabled=False):
+            return self.loss(logits, target)

@@ -1,0 +1,60 @@
+"""Training step with configurable autocast dtype and gradient clipping, and a loss/backward hook."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class AmpClipTrainStepMixin:
+    """bf16 (or fp16 + grad scaler) autocast on CUDA only; clip at ``grad_clip``.
+
+    Subclasses change how the loss is computed and back-propagated by overriding ``forward_backward``.
+    """
+
+    def on_train_start(self):
+        super().on_train_start()
+        dtype = self.fm_option("amp_dtype")
+        if dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {dtype!r}.")
+        if dtype == "bfloat16":
+            self.grad_scaler = None  # bf16 has fp32's exponent range: no loss scaling needed
+
+    def fm_autocast(self):
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=AMP_DTYPES[self.fm_option("amp_dtype")])
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        return self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss
+
+    def forward_backward(self, data: torch.Tensor, target) -> torch.Tensor:
+        """Compute the loss and back-propagate it (scaled); returns the unscaled loss."""
+        with self.fm_autocast():
+            loss = self.loss(self.network(data), target)
+        self.scale_loss(loss).backward()
+        return loss
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = (
+            [t.to(self.device, non_blocking=True) for t in target]
+            if isinstance(target, list)
+            else target.to(self.device, non_blocking=True)
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.forward_backward(data, target)
+        parameters = [p for p in self.network.parameters() if p.requires_grad]
+        if self.grad_scaler is not None:
+            self.grad_scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, float(self.fm_option("grad_clip")))
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy()}

@@ -1,0 +1,159 @@
+"""``nnunet-fm plans add``: add a template configuration to an existing nnU-Net plans file.
+
+The new configuration ``inherits_from`` its parent (so the parent's preprocessed data is reused), carries its
+own patch/batch size and ``architecture`` block, and every trainer option as a top-level key. The file is
+backed up, then replaced atomically; re-running with the same name replaces only that configuration.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nnunet_fm.atomic_io import atomic_write_json, backup_file
+from nnunet_fm.errors import UserInputError
+from nnunet_fm.options import OPTIONS
+from nnunet_fm.templates import STRUCTURAL_KEYS, Template, load_template, resolve_patch
+
+METADATA_KEY = "nnunet_fm"
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings; values are JSON when they parse as JSON, strings otherwise."""
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UserInputError(f"--set expects key=value, got '{pair}'.")
+        try:
+            parsed[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            parsed[key.strip()] = raw
+    return parsed
+
+
+def dataset_name(dataset: str | int) -> str:
+    """Full dataset name (``DatasetXXX_Name``) from an id or a name, with a clear error when unknown."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        return maybe_convert_to_dataset_name(dataset if not str(dataset).isdigit() else int(dataset))
+    except RuntimeError as exc:
+        raise UserInputError(
+            f"Dataset '{dataset}' was not found in nnUNet_raw / nnUNet_preprocessed / nnUNet_results "
+            f"(check the env vars; `nnunet-fm env` prints them). nnU-Net said: {exc}"
+        ) from exc
+
+
+def plans_path(dataset: str | int, plans_id: str = "nnUNetPlans") -> Path:
+    """Path of an existing plans file, or a clear error naming the nnU-Net command to run first."""
+    preprocessed = os.environ.get("nnUNet_preprocessed")
+    if not preprocessed:
+        raise UserInputError("nnUNet_preprocessed is not set. Export it (see `nnunet-fm env`).")
+    path = Path(preprocessed) / dataset_name(dataset) / f"{plans_id}.json"
+    if not path.is_file():
+        raise UserInputError(
+            f"Plans file {path} does not exist. Run `nnUNetv2_plan_and_preprocess -d {dataset} -c 3d_fullres` "
+            f"(or nnUNetv2_plan_experiment with -overwrite_plans_name {plans_id}) first."
+        )
+    return path
+
+
+def _split_overrides(template: Template, overrides: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """Sort ``--set`` keys into structural, architecture and option overrides; reject unknown keys."""
+    structural, arch, options = {}, {}, {}
+    for key, value in overrides.items():
+        if key in ("patch_size", "batch_size"):
+            structural[key] = value
+        elif key.startswith("arch."):
+            if template.architecture is None:
+                raise UserInputError(f"Template '{template.name}' inherits its network; '{key}' cannot be set.")
+            arch[key[5:]] = value
+        elif key in OPTIONS:
+            options[key] = value
+        else:
+            valid = sorted(OPTIONS) + sorted(STRUCTURAL_KEYS)
+            raise UserInputError(f"Unknown key '{key}'. Valid keys: {', '.join(valid)}.")
+    return structural, arch, options
+
+
+def _check_structural(structural: dict) -> None:
+    patch = structural.get("patch_size")
+    if patch is not None and (not isinstance(patch, list) or not all(isinstance(v, int) and v > 0 for v in patch)):
+        raise UserInputError(f"patch_size must be a JSON list of positive ints, e.g. [32,128,128]; got {patch!r}.")
+    batch = structural.get("batch_size")
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise UserInputError(f"batch_size must be a positive int; got {batch!r}.")
+
+
+@dataclass
+class AddResult:
+    """What ``plans add`` wrote."""
+
+    plans_file: Path
+    backup: Path
+    configuration: str
+    trainer: str
+    patch_size: list[int]
+    batch_size: int
+
+
+def build_configuration(plans: dict, template: Template, overrides: dict[str, Any]) -> dict:
+    """The configuration dict a template produces for ``plans`` (pure; no I/O)."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    if template.parent not in plans.get("configurations", {}):
+        raise UserInputError(
+            f"Parent configuration '{template.parent}' is not in the plans file (it has: "
+            f"{', '.join(plans.get('configurations', {}))}). Run nnUNetv2_plan_and_preprocess with "
+            f"-c {template.parent} first."
+        )
+    structural, arch_overrides, option_overrides = _split_overrides(template, overrides)
+    _check_structural(structural)
+    parent = PlansManager(copy.deepcopy(plans)).get_configuration(template.parent).configuration
+
+    options = {**template.options, **option_overrides}
+    architecture = copy.deepcopy(template.architecture)
+    if architecture is not None:
+        architecture.setdefault("_kw_requires_import", [])
+        architecture["arch_kwargs"].update(arch_overrides)
+    effective_arch = architecture or parent.get("architecture")
+    user_patch = structural.get("patch_size")
+    patch = resolve_patch(
+        template.patch, user_patch or parent["patch_size"], effective_arch, options, user_given=user_patch is not None
+    )
+    config: dict[str, Any] = {"inherits_from": template.parent, "patch_size": patch}
+    config["batch_size"] = structural.get("batch_size") or template.batch_size or parent["batch_size"]
+    if architecture is not None:
+        config["architecture"] = architecture
+    config.update(options)
+    config[METADATA_KEY] = {"template": template.name, "trainer": template.trainer}
+    return config
+
+
+def add_configuration(
+    dataset: str | int,
+    template_name: str,
+    name: str | None = None,
+    plans_id: str = "nnUNetPlans",
+    overrides: dict[str, Any] | None = None,
+) -> AddResult:
+    """Add (or replace) a template configuration in a plans file; atomic, with a backup."""
+    template = load_template(template_name)
+    path = plans_path(dataset, plans_id)
+    try:
+        plans = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"Plans file {path} is not valid JSON ({exc}); restore it from a .bak file.") from exc
+    config_name = name or template.configuration
+    if config_name == template.parent:
+        raise UserInputError(f"--name must differ from the parent configuration '{template.parent}'.")
+    config = build_configuration(plans, template, overrides or {})
+    plans["configurations"][config_name] = config
+    backup = backup_file(path)
+    atomic_write_json(path, plans)
+    return AddResult(path, backup, config_name, template.trainer, config["patch_size"], config["batch_size"])

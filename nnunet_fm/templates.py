@@ -1,0 +1,135 @@
+"""Plans templates shipped in ``plans_templates/``: loading, listing and patch-size rules."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from nnunet_fm.errors import UserInputError
+from nnunet_fm.options import OPTIONS
+
+STRUCTURAL_KEYS = {
+    "patch_size": "Patch size [D, H, W]; must satisfy the template's patch rules.",
+    "batch_size": "Batch size.",
+    "arch.<kwarg>": "Override one architecture kwarg (arch_kwargs) of the template's network.",
+}
+
+
+@dataclass
+class Template:
+    """A configuration recipe for ``nnunet-fm plans add``."""
+
+    name: str
+    description: str
+    configuration: str
+    parent: str
+    trainer: str
+    patch: dict = field(default_factory=dict)
+    batch_size: int | None = None
+    architecture: dict | None = None
+    options: dict = field(default_factory=dict)
+
+
+def template_names() -> list[str]:
+    """Names of all shipped templates."""
+    folder = resources.files("nnunet_fm.plans_templates")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_template(name: str) -> Template:
+    """Load a shipped template by name (clear error listing the valid names)."""
+    if name not in template_names():
+        raise UserInputError(f"Unknown template '{name}'. Available templates: {', '.join(template_names())}.")
+    raw = json.loads(resources.files("nnunet_fm.plans_templates").joinpath(f"{name}.json").read_text())
+    unknown = sorted(set(raw.get("options", {})) - set(OPTIONS))
+    if unknown:
+        raise UserInputError(f"Template '{name}' uses undocumented option(s) {unknown}; add them to nnunet_fm.options.")
+    return Template(name=name, **raw)
+
+
+def describe_templates() -> str:
+    """Human-readable list of templates with their keys and defaults (``nnunet-fm plans list``)."""
+    lines = []
+    for name in template_names():
+        t = load_template(name)
+        lines.append(f"{name}: {t.description}")
+        lines.append(f"  configuration: {t.configuration} (inherits_from {t.parent}); trainer: {t.trainer}")
+        if t.architecture:
+            lines.append(f"  network: {t.architecture['network_class_name']}")
+        lines.append(f"  patch rules: {json.dumps(t.patch)}; batch_size: {t.batch_size or 'parent'}")
+        for key, value in t.options.items():
+            lines.append(f"    {key} = {json.dumps(value)}  # {OPTIONS[key].help}")
+        lines.append("")
+    lines.append("Structural keys for --set: " + "; ".join(f"{k}: {v}" for k, v in STRUCTURAL_KEYS.items()))
+    return "\n".join(lines)
+
+
+def _multiple_per_axis(entry: Any, ndim: int, architecture: dict | None, options: dict) -> list[int] | None:
+    """Resolve one ``multiple_of`` entry: a list of ints, 'strides', or the name of an option."""
+    if isinstance(entry, list):
+        return [int(v) for v in entry]
+    if entry == "strides":
+        strides = (architecture or {}).get("arch_kwargs", {}).get("strides")
+        if not strides:
+            return None
+        return [math.prod(int(s[axis]) for s in strides) for axis in range(ndim)]
+    value = options.get(entry)
+    return None if value is None else [int(v) for v in value]
+
+
+def patch_multiples(rules: dict, ndim: int, architecture: dict | None, options: dict) -> list[int]:
+    """Per-axis value every patch axis must be a multiple of (lcm of all rule entries)."""
+    multiples = [1] * ndim
+    for entry in rules.get("multiple_of", []):
+        per_axis = _multiple_per_axis(entry, ndim, architecture, options)
+        if per_axis is None:
+            continue
+        if len(per_axis) != ndim:
+            raise UserInputError(f"Patch rule {entry!r} has {len(per_axis)} axes but the patch has {ndim}.")
+        multiples = [math.lcm(a, b) for a, b in zip(multiples, per_axis)]
+    return multiples
+
+
+def _valid_near(value: int, multiple: int, low: int) -> int:
+    """Nearest multiple of ``multiple`` to ``value`` that is at least ``low``."""
+    nearest = max(multiple, round(value / multiple) * multiple)
+    return max(nearest, math.ceil(low / multiple) * multiple)
+
+
+def resolve_patch(
+    rules: dict,
+    base_patch: list[int],
+    architecture: dict | None,
+    options: dict,
+    user_given: bool,
+) -> list[int]:
+    """Apply a template's patch rules.
+
+    A patch derived from the parent configuration is snapped to the nearest valid size; a patch the user
+    gave explicitly is checked and rejected with the nearest valid sizes when it breaks a rule.
+    """
+    ndim = len(base_patch)
+    multiples = patch_multiples(rules, ndim, architecture, options)
+    minimum = rules.get("min") or [1] * ndim
+    maximum = rules.get("max") or [None] * ndim
+    snapped = []
+    for axis, (value, mult, low, high) in enumerate(zip(base_patch, multiples, minimum, maximum)):
+        valid = _valid_near(int(value), mult, low)
+        if high is not None and valid > high:
+            valid = (high // mult) * mult
+            if valid < max(low, mult):
+                raise UserInputError(
+                    f"Patch rule cannot be met on axis {axis}: it needs a multiple of {mult} between {low} and "
+                    f"{high}. Change the rule's inputs (e.g. cube_size) with --set."
+                )
+        snapped.append(valid)
+    if user_given and snapped != [int(v) for v in base_patch]:
+        raise UserInputError(
+            f"patch_size {list(base_patch)} breaks the template's patch rules (per-axis multiples {multiples}, "
+            f"minimum {list(minimum)}, maximum {list(maximum)}). Nearest valid patch: {snapped}; "
+            f"use --set patch_size={json.dumps(snapped).replace(' ', '')}."
+        )
+    return snapped

@@ -1,0 +1,191 @@
+"""Tests for the DINOv3-FFA network, its FFA aggregator and the shared blocks (CPU, tiny encoder)."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
+
+from nnunet_fm.architectures.dinov3_ffa import DINOv3FFA
+from nnunet_fm.blocks import ConvNeXtBlock3d, ConvNeXtPyramid3d, FiLM, SqueezeExcite
+from nnunet_fm.ffa import PooledSpatialAttention, SliceAttention, rope_1d
+
+torch.set_num_threads(1)
+
+TINY = {"encoder_kwargs": {"embed_dim": 32, "depth": 4, "num_heads": 2}, "taps": [0, 1, 2, 3], "agg_heads": 2}
+
+
+def tiny_net(input_channels: int = 1, num_classes: int = 3, **kwargs) -> DINOv3FFA:
+    torch.manual_seed(0)
+    return DINOv3FFA(input_channels, num_classes, **{**TINY, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def net() -> DINOv3FFA:
+    return tiny_net()
+
+
+@pytest.mark.parametrize("d", [5, 1])
+def test_forward_shape(net: DINOv3FFA, d: int) -> None:
+    x = torch.randn(2, 1, d, 32, 48)
+    y = net.eval()(x)
+    assert y.shape == (2, 3, d, 32, 48)
+    assert y.dtype == torch.float32
+    assert torch.isfinite(y).all()
+
+
+def test_three_input_channels_forward_and_mapping() -> None:
+    net = tiny_net(input_channels=3, num_classes=2).eval()
+    x = torch.randn(2, 3, 4, 32, 32)
+    assert net(x).shape == (2, 2, 4, 32, 32)
+    # encoder RGB = (minmax(ch0), minmax(ch1), z) then ImageNet normalisation
+    z = torch.arange(4) / 4
+    rgb = net.encoder_images(x, z).view(2, 4, 3, 32, 32)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    raw = rgb * std + mean
+    for c_in, c_out in ((0, 0), (1, 1)):
+        s = x[1, c_in, 2]
+        torch.testing.assert_close(raw[1, 2, c_out], (s - s.min()) / (s.max() - s.min()))
+    torch.testing.assert_close(raw[:, :, 2], z.view(1, 4, 1, 1).expand(2, 4, 32, 32))
+    # single-channel input: the encoder's second channel repeats the intensity
+    x1 = torch.randn(1, 1, 2, 16, 16)
+    raw1 = net.encoder_images(x1, torch.zeros(2)).view(1, 2, 3, 16, 16) * std + mean
+    torch.testing.assert_close(raw1[:, :, 0], raw1[:, :, 1])
+    # the adapter sees every input channel plus z
+    assert net.adapter.stages[0][0].dwconv.in_channels == 4
+
+
+def test_backward_grads_and_frozen_encoder() -> None:
+    net = tiny_net()
+    net.train()
+    assert not net.encoder.vit.training, "encoder must stay in eval mode"
+    x = torch.randn(2, 1, 5, 32, 48)
+    net(x).square().mean().backward()
+    trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    assert trainable
+    missing = [n for n, p in trainable if p.grad is None]
+    assert not missing, f"parameters without grad: {missing}"
+    assert all(not n.startswith("encoder.") for n, _ in trainable)
+    for p in net.encoder.parameters():
+        assert not p.requires_grad and p.grad is None
+    # only the last three taps are requested and aggregated
+    assert net.encoder.taps == (1, 2, 3)
+    assert len(net.aggregator.film_in) == len(net.aggregator.film_out) == 3
+
+
+def test_bad_inplane_size_raises(net: DINOv3FFA) -> None:
+    with pytest.raises(ValueError, match=r"patch_size"):
+        net(torch.randn(1, 1, 2, 40, 48))
+    with pytest.raises(ValueError, match=r"\[B, 1, D, H, W\]"):
+        net(torch.randn(1, 2, 2, 32, 32))
+
+
+def test_constructor_validation() -> None:
+    with pytest.raises(ValueError, match="3 taps"):
+        tiny_net(taps=[2, 3])
+    with pytest.raises(ValueError, match="agg_heads"):
+        tiny_net(agg_heads=3)  # attention dim 16 is not divisible by 3
+
+
+def test_output_heads(net: DINOv3FFA) -> None:
+    heads = net.output_heads()
+    assert len(heads) == 2
+    for h in heads:
+        assert h.out_channels == 3 and h.bias is not None and h.bias.requires_grad
+    assert heads[0] is net.refine_head.classifier and heads[1] is net.hr_head.classifier
+    assert not hasattr(net, "initialize")
+
+
+def test_vits_default_param_counts() -> None:
+    net = DINOv3FFA(input_channels=1, num_classes=2)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
+    vit = sum(p.numel() for p in timm.create_model("vit_small_patch16_dinov3").parameters())
+    stem = sum(p.numel() for p in net.aggregator.core.stem.parameters())
+    print(f"DINOv3FFA ViT-S: trainable={trainable:,} frozen={frozen:,} (stem {stem:,})")
+    # measured (2 classes): trainable=13,529,523 frozen=21,586,944 (reference: about 13.6M trainable)
+    assert abs(trainable - 13.6e6) <= 0.1 * 13.6e6
+    assert frozen == vit
+    assert 7.9e6 < stem < 8.0e6  # "8M of it in the two 3x3x3 384-ch aggregator convs"
+    assert net.encoder.embed_dim == 384 and net.encoder.taps == (4, 7, 10)
+
+
+def test_rope_depends_on_relative_offset_only() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 1, 16, generator=g), torch.randn(2, 1, 16, generator=g)
+    for s in (0.0, 1.0, 7.0, -3.0):
+        dots = []
+        for p in (0.0, 1.0, 5.0, 123.0, 0.25):
+            qr = rope_1d(q, torch.tensor([p]))
+            kr = rope_1d(k, torch.tensor([p + s]))
+            dots.append((qr * kr).sum(-1))
+        for dot in dots[1:]:
+            torch.testing.assert_close(dot, dots[0], atol=1e-4, rtol=1e-4)
+    x = torch.randn(3, 7, 16, generator=g)
+    xr = rope_1d(x, torch.arange(7))
+    torch.testing.assert_close(xr.norm(dim=-1), x.norm(dim=-1))  # rotations preserve norms
+    torch.testing.assert_close(xr[:, 0], x[:, 0])  # position 0 is the identity
+    assert not torch.allclose(xr[:, 1:], x[:, 1:])
+
+
+def test_attention_mixing_axes() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 3, 5, 16)  # [B, D, h, w, C]
+    x2 = x.clone()
+    x2[0, 1, 2, 3] += 1.0  # change one token: slice 1, in-plane position (2, 3)
+    slice_attn = SliceAttention(16, 8, 2)
+    changed = (slice_attn(x2) - slice_attn(x)).abs().sum(-1) > 1e-6
+    expected = torch.zeros_like(changed)
+    expected[0, :, 2, 3] = True  # only the same in-plane position, every slice
+    assert torch.equal(changed, expected)
+    spatial = PooledSpatialAttention(16, 8, 2)
+    changed = (spatial(x2) - spatial(x)).abs().sum(-1) > 1e-6
+    expected = torch.zeros_like(changed)
+    expected[0, 1] = True  # every position of the same slice only
+    assert torch.equal(changed, expected)
+
+
+def test_gradient_checkpointing_matches() -> None:
+    net = tiny_net(adapter_drop_path=0.0, agg_drop_path=0.0, hr_chunk_slices=4).train()
+    x = torch.randn(2, 1, 5, 32, 32)
+    stem_calls = []
+    net.aggregator.core.stem[0].register_forward_pre_hook(lambda *a: stem_calls.append(1))
+
+    def run(ckpt: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        net.aggregator.core.grad_checkpointing = ckpt
+        net.hr_head.grad_checkpointing = ckpt
+        net.zero_grad(set_to_none=True)
+        stem_calls.clear()
+        y = net(x)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
+        return y.detach(), grads, len(stem_calls)
+
+    y0, g0, calls0 = run(False)
+    y1, g1, calls1 = run(True)
+    assert (calls0, calls1) == (1, 2)  # checkpointed stem is recomputed during backward
+    torch.testing.assert_close(y1, y0, atol=1e-6, rtol=1e-5)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_generic_blocks() -> None:
+    x = torch.randn(2, 8, 3, 16, 16)
+    film = FiLM(8)
+    torch.testing.assert_close(film(x), x)  # zero init is the identity
+    with torch.no_grad():
+        film.gamma.fill_(1.0)
+        film.beta.fill_(0.5)
+    torch.testing.assert_close(film(x), 2 * x + 0.5)
+    assert SqueezeExcite(8)(x).shape == x.shape
+    assert SqueezeExcite(8)(x[:, :, 0]).shape == (2, 8, 16, 16)
+    blk = ConvNeXtBlock3d(8, 12, stride=(1, 2, 2))
+    assert blk(x).shape == (2, 12, 3, 8, 8)
+    assert isinstance(blk.shortcut, nn.Conv3d)
+    blk_same = ConvNeXtBlock3d(8)
+    torch.testing.assert_close(blk_same(x), x, atol=1e-4, rtol=0)  # layer scale 1e-6 ~ identity
+    feats = ConvNeXtPyramid3d(2, (48, 64), depth=2)(torch.randn(1, 2, 3, 32, 32))
+    assert [tuple(f.shape) for f in feats] == [(1, 48, 3, 16, 16), (1, 64, 3, 8, 8)]

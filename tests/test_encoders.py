@@ -1,0 +1,348 @@
+"""Tests for the frozen DINOv3 encoder wrapper and its weight loading (tiny configs, CPU only)."""
+
+from __future__ import annotations
+
+import pytest
+import timm.models._builder as timm_builder
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from nnunet_fm import encoder_weights as ew
+from nnunet_fm.encoders import (
+    ENCODER_WEIGHTS_ENV_VAR,
+    FrozenDINOv3,
+    LoadReport,
+    normalize_imagenet,
+    resolve_weights_spec,
+)
+
+TINY = {"embed_dim": 32, "depth": 4, "num_heads": 2}
+NAME = "vit_small_patch16_dinov3"
+NAME_QKVB = "vit_small_patch16_dinov3_qkvb"
+ALL_TAPS = (0, 1, 2, 3)
+N_PREFIX = 5  # 1 CLS + 4 register tokens
+
+
+def _tiny(name: str = NAME, taps=ALL_TAPS, **kw) -> FrozenDINOv3:
+    return FrozenDINOv3(name, taps=taps, **TINY, **kw)
+
+
+def _images(n: int = 3, h: int = 32, w: int = 48, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, h, w, generator=g)
+
+
+def _randomise_(model: nn.Module, seed: int) -> None:
+    """Give every parameter (incl. norms, layer scales, biases, tokens) non-trivial random values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            scale = 0.3 if p.ndim <= 1 or p.shape[0] == 1 else 0.2
+            base = 1.0 if p.ndim == 1 else 0.0
+            p.copy_(base + scale * torch.randn(p.shape, generator=g))
+
+
+# --------------------------------------------------------------------------------------------- forward
+
+
+def test_forward_shapes_and_chunking() -> None:
+    enc = _tiny(taps=(1, 3), chunk_slices=2)
+    _randomise_(enc.vit, seed=0)  # default layer scale 1e-5 would make blocks near-identity
+    assert enc.embed_dim == 32 and enc.patch_size == 16 and enc.taps == (1, 3)
+    x = _images(n=5)
+    feats = enc(x)
+    assert len(feats) == 2
+    for f in feats:
+        assert f.shape == (5, 32, 2, 3) and f.dtype == torch.float32
+    enc.chunk_slices = 8
+    whole = enc(x)
+    for a, b in zip(feats, whole):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    # the two taps are different blocks
+    assert (feats[0] - feats[1]).abs().max() > 1e-3
+
+
+def test_tap_order_is_preserved() -> None:
+    enc = _tiny(taps=(3, 1, 3))
+    f_sorted = _tiny(taps=(1, 3))
+    f_sorted.load_state_dict(enc.state_dict())
+    x = _images(n=2)
+    a, b, c = enc(x)
+    lo, hi = f_sorted(x)
+    torch.testing.assert_close(a, hi)
+    torch.testing.assert_close(b, lo)
+    torch.testing.assert_close(c, hi)
+
+
+def test_bad_image_size_raises() -> None:
+    enc = _tiny()
+    with pytest.raises(ValueError, match=r"30x48.*multiple of the patch size 16"):
+        enc(torch.zeros(1, 3, 30, 48))
+    with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
+        enc(torch.zeros(1, 1, 32, 32))
+
+
+@pytest.mark.parametrize("taps", [(0, 4), (-1,), ()])
+def test_bad_tap_index_raises(taps) -> None:
+    with pytest.raises(ValueError, match="tap"):
+        _tiny(taps=taps)
+
+
+def test_amp_on_cpu_returns_float32() -> None:
+    enc = _tiny(taps=(3,))
+    x = _images(n=2)
+    ref = enc(x)[0]
+    enc.amp = True
+    out = enc(x)[0]
+    assert out.dtype == torch.float32
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_normalize_imagenet() -> None:
+    x = torch.ones(2, 3, 4, 4) * torch.tensor(FrozenDINOv3.IMAGENET_MEAN).view(1, 3, 1, 1)
+    assert normalize_imagenet(x).abs().max() < 1e-6
+
+
+# --------------------------------------------------------------------------------------------- frozen
+
+
+def test_encoder_is_frozen() -> None:
+    parent = nn.Module()
+    parent.enc = _tiny(taps=(2,))
+    parent.head = nn.Conv2d(32, 2, 1)
+    assert not any(p.requires_grad for p in parent.enc.parameters())
+    parent.train()
+    assert parent.training and parent.enc.training
+    assert not parent.enc.vit.training
+    assert not any(m.training for m in parent.enc.vit.modules())
+    trainable = {id(p) for p in parent.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in parent.head.parameters()}
+    x = _images(n=1).requires_grad_(True)
+    feat = parent.enc(x)[0]
+    assert feat.grad_fn is None and not feat.requires_grad
+    # gradients still flow into the trainable head
+    parent.head(feat).sum().backward()
+    assert parent.head.weight.grad is not None
+    # loading weights keeps it frozen
+    parent.enc.load_weights("none")
+    assert not any(p.requires_grad for p in parent.enc.parameters())
+
+
+# --------------------------------------------------------------------------------------------- weights
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    """A randomly initialised tiny transformers DINOv3ViTModel equivalent to timm's tiny variant."""
+    import transformers
+
+    def build(qkv_bias: bool, seed: int):
+        cfg = transformers.DINOv3ViTConfig(
+            hidden_size=TINY["embed_dim"],
+            intermediate_size=4 * TINY["embed_dim"],  # timm mlp_ratio 4
+            num_hidden_layers=TINY["depth"],
+            num_attention_heads=TINY["num_heads"],
+            num_register_tokens=4,
+            patch_size=16,
+            hidden_act="gelu",  # exact GELU as timm's Mlp
+            layer_norm_eps=1e-5,  # timm DINOv3 uses LayerNorm(eps=1e-5)
+            rope_theta=100.0,  # timm rope_temperature=100
+            query_bias=qkv_bias,  # plain timm variant: no qkv bias; *_qkvb: q and v bias
+            key_bias=False,  # timm keeps the k bias fixed at zero
+            value_bias=qkv_bias,
+            proj_bias=True,
+            mlp_bias=True,
+            use_gated_mlp=False,
+        )
+        torch.manual_seed(seed)
+        model = transformers.DINOv3ViTModel(cfg).eval()
+        _randomise_(model, seed)
+        return model
+
+    return build
+
+
+def _hf_taps(model: nn.Module, x: torch.Tensor, taps) -> list[torch.Tensor]:
+    """HF hidden states for timm block indices (hidden_states[0] is the embedding output)."""
+    with torch.no_grad():
+        out = model(pixel_values=x, output_hidden_states=True)
+    n, _, h, w = x.shape
+    res = []
+    for t in taps:
+        tokens = out.hidden_states[t + 1][:, N_PREFIX:]
+        res.append(tokens.reshape(n, h // 16, w // 16, -1).permute(0, 3, 1, 2))
+    return res
+
+
+@pytest.mark.parametrize("name,qkv_bias", [(NAME, False), (NAME_QKVB, True)])
+def test_parity_with_transformers(hf_model, tmp_path, name, qkv_bias) -> None:
+    model = hf_model(qkv_bias, seed=3)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    assert (tmp_path / "model.safetensors").is_file()
+    x = _images(n=2, h=32, w=48)
+    ref = _hf_taps(model, x, ALL_TAPS)
+    for spec in (tmp_path, tmp_path / "model.safetensors"):
+        enc = _tiny(name)
+        report = enc.load_weights(spec)
+        assert report == LoadReport(source=str(spec), format="hf")
+        feats = enc(x)
+        diffs = [(a - b).abs().max().item() for a, b in zip(feats, ref)]
+        assert max(diffs) < 1e-4, diffs
+        assert min(r.abs().max().item() for r in ref) > 1.0  # features are not trivially small
+
+
+def test_hf_bin_and_wrapped_prefixed_checkpoints(hf_model, tmp_path) -> None:
+    model = hf_model(False, seed=4)
+    sd = model.state_dict()
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "ref.safetensors"))
+    ref_enc = _tiny()
+    ref_enc.load_weights(tmp_path / "ref.safetensors")
+    x = _images(n=2)
+    ref = ref_enc(x)
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    torch.save(sd, bin_dir / "pytorch_model.bin")
+    torch.save({"model": {f"dinov3.{k}": v for k, v in sd.items()}, "epoch": 3}, tmp_path / "wrapped.pth")
+    for spec, fmt in (
+        (bin_dir, "hf"),
+        (bin_dir / "pytorch_model.bin", "hf"),
+        (tmp_path / "wrapped.pth", "hf"),
+    ):
+        enc = FrozenDINOv3(NAME, taps=ALL_TAPS, weights=str(spec), **TINY)
+        assert enc.weights_report.format == fmt
+        for a, b in zip(enc(x), ref):
+            assert torch.equal(a, b)
+
+
+def _timm_to_meta(sd: dict[str, torch.Tensor], embed_dim: int) -> dict[str, torch.Tensor]:
+    """Rename a timm DINOv3 state dict to Meta's original key names (test-only reverse mapping)."""
+    out: dict[str, torch.Tensor] = {
+        "mask_token": torch.zeros(1, embed_dim),
+        "rope_embed.periods": torch.ones(embed_dim // 2 // 4),
+    }
+    for k, v in sd.items():
+        if k.endswith("attn.q_bias"):
+            blk = k[: -len(".attn.q_bias")]
+            junk_k = torch.full_like(v, 7.0)  # Meta masks the k bias at runtime; it must be ignored
+            out[f"{blk}.attn.qkv.bias"] = torch.cat([v, junk_k, sd[f"{blk}.attn.v_bias"]])
+            out[f"{blk}.attn.qkv.bias_mask"] = torch.cat([torch.ones_like(v), torch.zeros_like(v), torch.ones_like(v)])
+            continue
+        if k.endswith("attn.v_bias"):
+            continue
+        k = k.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("name", [NAME, NAME_QKVB])
+def test_meta_and_timm_formats_round_trip(tmp_path, name) -> None:
+    src = _tiny(name)
+    _randomise_(src.vit, seed=5)
+    x = _images(n=2)
+    ref = src(x)
+    sd = src.vit.state_dict()
+    meta = _timm_to_meta(sd, TINY["embed_dim"])
+    assert ew.detect_format(meta) == "meta"
+    torch.save(meta, tmp_path / "dinov3_meta.pth")
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in meta.items()}}, tmp_path / "meta_teacher.pth")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "timm.safetensors"))
+    torch.save(src.state_dict(), tmp_path / "wrapper_state.pt")  # keys prefixed with 'vit.'
+    cases = {
+        "dinov3_meta.pth": "meta",
+        "meta_teacher.pth": "meta",
+        "timm.safetensors": "timm",
+        "wrapper_state.pt": "timm",
+    }
+    for fname, fmt in cases.items():
+        enc = _tiny(name)
+        assert enc.load_weights(tmp_path / fname).format == fmt
+        for a, b in zip(enc(x), ref):
+            assert torch.equal(a, b), fname
+
+
+def test_nonzero_bias_into_biasless_model_is_reported(tmp_path) -> None:
+    src = _tiny(NAME_QKVB)
+    _randomise_(src.vit, seed=6)
+    torch.save(_timm_to_meta(src.vit.state_dict(), TINY["embed_dim"]), tmp_path / "meta_qkvb.pth")
+    with pytest.raises(ValueError, match=r"unexpected key\(s\): blocks\.0\.attn\.q_bias.*_qkvb"):
+        _tiny(NAME).load_weights(tmp_path / "meta_qkvb.pth")
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+def test_missing_file_error(tmp_path) -> None:
+    missing = tmp_path / "nope" / "weights.pth"
+    with pytest.raises(FileNotFoundError) as ei:
+        _tiny().load_weights(missing)
+    assert str(missing) in str(ei.value) and ENCODER_WEIGHTS_ENV_VAR in str(ei.value)
+
+
+def test_wrong_keys_error_lists_names(tmp_path) -> None:
+    enc = _tiny()
+    sd = dict(enc.vit.state_dict())
+    for i in range(4):
+        sd.pop(f"blocks.{i}.gamma_1")
+    sd["blocks.0.extra.weight"] = torch.zeros(2)
+    sd["norm.weight"] = torch.zeros(7)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError) as ei:
+        enc.load_weights(tmp_path / "bad.safetensors")
+    msg = str(ei.value)
+    assert "bad.safetensors" in msg and "timm" in msg
+    assert "4 missing key(s): blocks.0.gamma_1, blocks.1.gamma_1" in msg
+    assert "unexpected key(s): blocks.0.extra.weight" in msg
+    assert "norm.weight (file (7,) vs model (32,))" in msg
+
+    many_missing = {k: v for k, v in enc.vit.state_dict().items() if k == "patch_embed.proj.weight"}
+    save_file(many_missing, str(tmp_path / "few.safetensors"))
+    with pytest.raises(ValueError, match=r"missing key\(s\): .* \.\.\. and \d+ more"):
+        enc.load_weights(tmp_path / "few.safetensors")
+
+
+def test_unrecognised_format_and_unsafe_pickle(tmp_path) -> None:
+    save_file({"foo.weight": torch.zeros(2), "bar.bias": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match=r"other\.safetensors.*Unrecognised.*foo\.weight.*accepted formats"):
+        _tiny().load_weights(tmp_path / "other.safetensors")
+    torch.save({"model": nn.Linear(2, 2)}, tmp_path / "pickled.pth")  # a pickled module, not tensors
+    with pytest.raises(ValueError, match=r"(?s)pickled\.pth.*Unsupported global.*accepted formats"):
+        _tiny().load_weights(tmp_path / "pickled.pth")
+    (tmp_path / "garbage.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"garbage\.bin"):
+        _tiny().load_weights(tmp_path / "garbage.bin")
+
+
+def test_hub_offline_error(monkeypatch) -> None:
+    def offline(*args, **kwargs):
+        raise OSError("simulated: no internet")
+
+    for fn in ("load_state_dict_from_hf", "download_cached_file", "load_state_dict_from_url"):
+        monkeypatch.setattr(timm_builder, fn, offline)
+    enc = _tiny()
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    with pytest.raises(RuntimeError) as ei:
+        enc.load_weights("hub")
+    msg = str(ei.value)
+    assert "failed" in msg and "simulated: no internet" in msg
+    assert ENCODER_WEIGHTS_ENV_VAR in msg and "encoder_weights" in msg and "Meta" in msg
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in before.items())
+
+
+def test_none_keeps_random_init() -> None:
+    enc = _tiny()
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    assert enc.load_weights("none").format == "random-init"
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in before.items())
+
+
+def test_resolve_weights_spec(monkeypatch) -> None:
+    monkeypatch.delenv(ENCODER_WEIGHTS_ENV_VAR, raising=False)
+    assert resolve_weights_spec(None) == "hub"
+    assert resolve_weights_spec("") == "hub"
+    monkeypatch.setenv(ENCODER_WEIGHTS_ENV_VAR, "/data/dinov3.pth")
+    assert resolve_weights_spec(None) == "/data/dinov3.pth"
+    assert resolve_weights_spec("") == "/data/dinov3.pth"
+    assert resolve_weights_spec("/plans/w.safetensors") == "/plans/w.safetensors"
+    assert resolve_weights_spec("none") == "none"

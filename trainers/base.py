@@ -1,0 +1,36 @@
+"""The plugin's trainer base: nnUNetTrainer plus every shared hook, each a one-concern mixin."""
+
+from __future__ import annotations
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_fm.hooks.class_balance import ClassBalanceMixin
+from nnunet_fm.hooks.few_shot import FewShotMixin
+from nnunet_fm.hooks.network import PlansNetworkMixin
+from nnunet_fm.hooks.optim import AdamWWarmupCosineMixin
+from nnunet_fm.hooks.patch_filter import ForegroundFilterMixin
+from nnunet_fm.hooks.plans_options import PlansOptionsMixin
+from nnunet_fm.hooks.prior_bias import PriorBiasMixin
+from nnunet_fm.hooks.train_step import AmpClipTrainStepMixin
+
+
+class nnUNetTrainerFMBase(
+    PlansOptionsMixin,
+    FewShotMixin,
+    ForegroundFilterMixin,
+    ClassBalanceMixin,
+    PriorBiasMixin,
+    PlansNetworkMixin,
+    AmpClipTrainStepMixin,
+    nnUNetTrainer,
+):
+    """nnUNetTrainer with few-shot sampling, patch filtering, class balancing, slice masking and prior bias.
+
+    Options are read from the plans configuration (see ``nnunet_fm.options``); the network is whatever the
+    configuration's ``architecture`` names. Optimiser: nnU-Net's SGD + poly unless a subclass adds
+    ``AdamWWarmupCosineMixin``.
+    """
+
+
+class nnUNetTrainerFMAdamW(AdamWWarmupCosineMixin, nnUNetTrainerFMBase):
+    """Base trainer with AdamW, linear warmup and cosine decay over trainable parameters only."""
