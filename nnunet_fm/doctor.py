@@ -61,13 +61,11 @@ def check_env_vars() -> list[Check]:
 
 def check_trainers_resolve() -> list[Check]:
     """Resolve every plugin trainer through nnU-Net's own lookup, with the shim folder on the path."""
-    from nnunetv2 import paths
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     checks = []
     saved = os.environ.get(EXT_TRAINER_VARIABLE)
     os.environ[EXT_TRAINER_VARIABLE] = plugin_env()[EXT_TRAINER_VARIABLE]
-    getattr(paths, "nnUNet_extTrainer", None)
     try:
         for name in plugin_trainer_names():
             try:

@@ -95,7 +95,7 @@ def patch_multiples(rules: dict, ndim: int, architecture: dict | None, options: 
 
 def _valid_near(value: int, multiple: int, low: int) -> int:
     """Nearest multiple of ``multiple`` to ``value`` that is at least ``low``."""
-    nearest = max(multiple, round(value / multiple) * multiple)
+    nearest = max(multiple, math.floor(value / multiple + 0.5) * multiple)  # ties round up
     return max(nearest, math.ceil(low / multiple) * multiple)
 
 

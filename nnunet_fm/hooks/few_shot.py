@@ -15,7 +15,7 @@ RECORD_NAME = "fewshot_cases.json"
 
 def choose_cases(candidates: list[str], k: int | None, seed: int) -> list[str]:
     """Deterministic choice of ``k`` cases (sorted) from ``candidates``; all of them when k is None."""
-    ordered = sorted(candidates)
+    ordered = sorted(str(c) for c in candidates)
     if k is None or k >= len(ordered):
         return ordered
     if k < 1:

@@ -1,0 +1,93 @@
+"""``nnunet-fm plans add`` / templates: patch rules, overrides, atomic writes with backups, clear errors."""
+
+import json
+
+import pytest
+
+from nnunet_fm.cli import main
+from nnunet_fm.errors import UserInputError
+from nnunet_fm.options import OPTIONS
+from nnunet_fm.plans import add_configuration, parse_assignments
+from nnunet_fm.templates import describe_templates, load_template, resolve_patch, template_names
+
+DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)
+
+
+def test_every_template_loads_with_documented_options():
+    names = template_names()
+    assert {"unet_fewshot", "dinov3_ffa", "dinov3_cube"} <= set(names)
+    for name in names:
+        template = load_template(name)
+        assert set(template.options) <= set(OPTIONS)
+    assert "depth_min_fg_frac" in describe_templates()
+
+
+def test_parse_assignments_reads_json_or_strings():
+    parsed = parse_assignments(["a=3", "b=[1,2]", "c=hub", 'd={"x":1}', "e=null"])
+    assert parsed == {"a": 3, "b": [1, 2], "c": "hub", "d": {"x": 1}, "e": None}
+    with pytest.raises(UserInputError):
+        parse_assignments(["novalue"])
+
+
+def test_patch_is_snapped_when_derived_and_rejected_when_given():
+    rules = {"multiple_of": [[1, 16, 16]], "min": [1, 16, 16]}
+    assert resolve_patch(rules, [20, 90, 100], None, {}, user_given=False) == [20, 96, 96]
+    assert resolve_patch(rules, [3, 5, 5], None, {}, user_given=False) == [3, 16, 16]
+    with pytest.raises(UserInputError, match=r"patch_size=\[20,96,96\]"):
+        resolve_patch(rules, [20, 90, 100], None, {}, user_given=True)
+
+
+def test_cube_rule_and_unmeetable_rule():
+    rules = {"multiple_of": [[1, 16, 16], "cube_size"], "min": [1, 16, 16]}
+    assert resolve_patch(rules, [20, 64, 64], None, {"cube_size": [8, 32, 32]}, False) == [24, 64, 64]
+    with pytest.raises(UserInputError, match="cannot be met"):
+        resolve_patch({"multiple_of": [[1, 16, 16]], "max": [None, 8, None]}, [4, 32, 32], None, {}, False)
+
+
+def test_strides_rule_uses_the_architecture():
+    arch = {"arch_kwargs": {"strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]]}}
+    assert resolve_patch({"multiple_of": ["strides"]}, [10, 30, 30], arch, {}, False) == [10, 32, 32]
+
+
+def _plans_file(env):
+    return env.preprocessed / env.dataset_folder(DATASET_ID).name / "nnUNetPlans.json"
+
+
+def test_add_writes_configuration_with_backup_and_replaces_same_name(nnunet_env):
+    path = _plans_file(nnunet_env)
+    before = json.loads(path.read_text())
+    result = add_configuration(DATASET_ID, "dinov3_ffa", name="3d_test_ffa",
+                               overrides={"few_shot_k": 2, "arch.agg_heads": 2, "batch_size": 3})
+    plans = json.loads(path.read_text())
+    config = plans["configurations"]["3d_test_ffa"]
+    assert config["inherits_from"] == "3d_fullres" and config["few_shot_k"] == 2
+    assert config["architecture"]["arch_kwargs"]["agg_heads"] == 2 and config["batch_size"] == 3
+    assert all(p % 16 == 0 for p in config["patch_size"][1:])
+    assert json.loads(result.backup.read_text()) == before  # backup holds the previous file
+    assert plans["configurations"]["3d_fullres"] == before["configurations"]["3d_fullres"]
+    add_configuration(DATASET_ID, "dinov3_ffa", name="3d_test_ffa", overrides={"few_shot_k": 4})
+    again = json.loads(path.read_text())["configurations"]
+    assert again["3d_test_ffa"]["few_shot_k"] == 4 and "3d_fullres" in again
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--template", "nope"], "Unknown template"),
+        (["--template", "dinov3_ffa", "--set", "bogus_key=1"], "Unknown key 'bogus_key'"),
+        (["--template", "dinov3_ffa", "--set", "patch_size=[8,40,40]"], "Nearest valid patch"),
+        (["--template", "dinov3_cube", "--set", "cube_size=[3,16,16]", "patch_size=[16,48,48]"], "breaks"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_leaves_plans_untouched(nnunet_env, capsys, args, message):
+    path = _plans_file(nnunet_env)
+    before = path.read_bytes()
+    backups = set(path.parent.glob("*.bak"))
+    assert main(["plans", "add", "-d", str(DATASET_ID), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert path.read_bytes() == before and set(path.parent.glob("*.bak")) == backups
+
+
+def test_missing_plans_file_names_the_command_to_run(nnunet_env, capsys):
+    assert main(["plans", "add", "-d", str(DATASET_ID), "--template", "dinov3_ffa", "--plans", "NoSuchPlans"]) == 2
+    assert "nnUNetv2_plan_and_preprocess -d 951" in capsys.readouterr().err
