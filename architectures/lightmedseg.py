@@ -88,9 +88,12 @@ def group_norm(channels: int, groups: int = 4) -> nn.GroupNorm:
 def resample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Resize ``x`` to ``size``: average pooling when shrinking, trilinear when enlarging."""
     size = tuple(int(s) for s in size)
-    if tuple(x.shape[2:]) == size:
+    src = tuple(x.shape[2:])
+    if src == size:
         return x
-    if all(s <= n for s, n in zip(size, x.shape[2:])):
+    if all(n % s == 0 for s, n in zip(size, src)):
+        return F.avg_pool3d(x, tuple(n // s for s, n in zip(size, src)))
+    if all(s <= n for s, n in zip(size, src)):
         return F.adaptive_avg_pool3d(x, size)
     return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
 
@@ -314,10 +317,7 @@ class DecoderStage(nn.Module):
         else:
             self.up = nn.Identity()
         self.pos_bias = AnchorPositionBias(num_anchors, out_channels) if num_anchors else None
-        if fuse_kernel < 0:
-            self.fuse = make_conv(2 * out_channels, out_channels, -fuse_kernel, 1, ghost)
-        else:
-            self.fuse = nn.Conv3d(2 * out_channels, out_channels, fuse_kernel, 1, fuse_kernel // 2, bias=False)
+        self.fuse = nn.Conv3d(2 * out_channels, out_channels, fuse_kernel, 1, fuse_kernel // 2, bias=False)
         self.fuse_norm = group_norm(out_channels)
         self.fuse_se = SqueezeExcite3D(out_channels, se_reduction)
         self.branch_gate = nn.Conv3d(out_channels, 3, 1)
@@ -359,8 +359,8 @@ class LightMedSeg(nn.Module):
         use_skip_router: bool = True,
         ghost: bool = True,
         stem_channels: int = 8,
-        encoder_channels: Sequence[int] = (8, 16, 32, 64),
-        decoder_channels: Sequence[int] = (64, 32, 16, 16),
+        encoder_channels: Sequence[int] = (16, 32, 64, 128),
+        decoder_channels: Sequence[int] = (44, 24, 12, 10),
         router_channels: int = 64,
         anchor_widths: Sequence[int] = (8, 8, 8),
         anchor_hidden: int = 128,

@@ -56,8 +56,9 @@ def _plans_file(env):
 def test_add_writes_configuration_with_backup_and_replaces_same_name(nnunet_env):
     path = _plans_file(nnunet_env)
     before = json.loads(path.read_text())
-    result = add_configuration(DATASET_ID, "dinov3_ffa", name="3d_test_ffa",
-                               overrides={"few_shot_k": 2, "arch.agg_heads": 2, "batch_size": 3})
+    result = add_configuration(
+        DATASET_ID, "dinov3_ffa", name="3d_test_ffa", overrides={"few_shot_k": 2, "arch.agg_heads": 2, "batch_size": 3}
+    )
     plans = json.loads(path.read_text())
     config = plans["configurations"]["3d_test_ffa"]
     assert config["inherits_from"] == "3d_fullres" and config["few_shot_k"] == 2
