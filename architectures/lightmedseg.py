@@ -19,42 +19,49 @@ Data flow for an input ``[B, C_in, D, H, W]`` (every spatial size divisible by 1
               direct aligned skips (encoder stage 2 -> /4, encoder stage 1 -> /2) for the others
     head      1x1 conv (-> num_classes) at /2, stride-2 transposed conv -> full resolution logits
 
-Choices where the paper leaves numbers open (all are constructor arguments):
+Choices where the paper leaves numbers open (all are constructor arguments, JSON-friendly):
 
-* ``num_anchors`` K = 8. With detector widths (8, 8, 8), MLP hidden 128 and conv biases, the
-  Global Anchor Detector has exactly 8,640 parameters for 4 input channels (paper: 8.6K).
-  K=16 / K=32 give about +2% / +6% parameters (paper table 4: 0.49M / 0.52M).
-* ``encoder_channels`` = (8, 16, 32, 64): projecting the four stages to 64 channels plus the
-  256 -> 64 -> 4 controller costs 24.6K parameters (paper: 24K).
-* ``decoder_channels`` = (64, 32, 16, 16): mirrored schedule; the last stage is kept at 16
-  channels (not 8) and the skip fusion is a GhostConv3D k3 so that the totals below hold.
-* ``lspm_hidden`` = 44 hidden channels in the LSPM spatial gating head: the LSPM has 11.2K
-  parameters (paper: 11.7K); GroupNorm needs a multiple of 4.
-* SE bottleneck ``max(4, C // 4)``; every GroupNorm uses ``gcd(C, 4)`` groups.
-* Boundary/anchor details: anchor offsets use voxel centres ``(i + 0.5) / n``; the factorised
-  bias projects the per-axis 1D offsets with the shared ``K -> C`` 1x1 weights and sums them by
-  broadcasting (equal to Eq. 14-15, the ``K x D x H x W`` displacement tensor never exists).
-* Without the LSPM (``use_lspm=False``) the encoder routing uses a fixed 0.5/0.5 blend.
+* ``num_anchors`` K = 8: with detector widths (8, 8, 8), MLP hidden 128 and conv biases the
+  Global Anchor Detector has exactly 8,640 parameters for 4 input channels (paper: 8.6K), and
+  K = 16 / 32 give 0.49M / 0.52M in total, as in the paper's table 4.
+* ``encoder_channels`` = (16, 32, 64, 128): doubling from the 8-channel stem.
+* ``decoder_channels`` = (44, 24, 12, 10): roughly halving; stage 1 runs at the bottleneck
+  grid (no upsampling), so the three stride-2 transposed convs of stages 2-4 plus the final
+  one undo the stem and the three max-pools. The skip fusion is a dense 3x3x3 conv
+  (``fuse_kernel``), the third decoder branch a GhostConv3D. These widths are the ones that
+  put the total at 0.48M, the dense-conv variant at 0.66M and the compute at 14.6 GFLOPs.
+* ``lspm_hidden`` = 44: LSPM = 11.2K parameters (paper: 11.7K; GroupNorm wants a multiple of 4).
+* ``router_channels`` = 64 (paper). One projection set and one controller are shared by both
+  routed decoder stages, plus a 1x1 output conv per stage: 36.7K parameters (paper: 24K; the
+  difference comes from the wider encoder feeding the 64-channel projections).
+* SE bottleneck ``max(4, C // 4)``; GroupNorm with ``gcd(C, 4)`` groups; SiLU activations;
+  residual connections around the routing (encoder) and mixing (decoder) steps.
+* Anchor offsets use voxel centres ``(i + 0.5) / n``. Without the LSPM the encoder routing uses
+  a fixed 0.5/0.5 blend of the two paths.
+* Skips: the decoder stage at /4 takes encoder stage 2, the one at /2 encoder stage 1 (the
+  aligned maps; the paper text names the stem output for the last stage).
 
-Parameter counting convention: ``sum(p.numel() for p in model.parameters())`` (all trainable,
-biases and norm affines included). Measured for 4 input channels and 4 classes:
+Parameter counting convention: ``sum(p.numel() for p in model.parameters())`` (everything is
+trainable; biases and GroupNorm affines included). Measured for 4 input channels, 4 classes:
 
-=====================  ==========
-configuration          parameters
-=====================  ==========
-default                480,944  (0.48M)
-ghost=False            664,176  (0.66M)
-use_lspm=False         469,620
-use_anchors=False      460,240
-use_skip_router=False  457,840
-num_anchors=16         490,928  (0.49M)
-num_anchors=32         510,896  (0.51M)
-=====================  ==========
+=======================  ==========
+configuration            parameters
+=======================  ==========
+default                  475,450  (paper 0.48M)
+ghost=False              655,405  (paper 0.66M)
+use_lspm=False           464,253
+use_anchors=False        454,000
+use_skip_router=False    445,942
+num_anchors=16           490,786  (paper 0.49M)
+num_anchors=32           521,458  (paper 0.52M)
+=======================  ==========
 
-FLOPs convention: ``torch.utils.flop_counter.FlopCounterMode`` counts 2 FLOPs per multiply-
-accumulate (convolutions, transposed convolutions and matmuls only). The paper's 14.64 "GFLOPs"
-is a multiply-accumulate count (as most segmentation papers report); for one 1x4x128^3 input
-this model does 14.4 GMACs (28.8 GFLOPs as counted by ``FlopCounterMode``).
+Compute convention: ``torch.utils.flop_counter.FlopCounterMode`` counts 2 FLOPs per
+multiply-accumulate (convolutions, transposed convolutions, matmuls; no norms, pooling or
+elementwise ops). For one ``1x4x128x128x128`` input it reports 14.63 GFLOPs, i.e. 7.31 G
+multiply-accumulates. The paper's 14.64 "GFLOPs" is matched under this 2-per-MAC convention;
+read as multiply-accumulates it would need about twice this model's compute at /2 resolution,
+which the 0.48M / 0.66M parameter budgets leave no room for with this layout.
 """
 
 from __future__ import annotations
@@ -341,6 +348,8 @@ class LightMedSeg(nn.Module):
     """LightMedSeg 3D segmentation network; ``forward(x)`` returns logits at input resolution.
 
     All constructor arguments are JSON-friendly so nnU-Net plans can carry them in ``arch_kwargs``.
+    ``deep_supervision`` is accepted because nnU-Net's ``get_network_from_plans`` passes it; only
+    ``False`` is valid.
     Switching a component off (``use_lspm``, ``use_anchors``, ``use_skip_router``) means its
     modules are not built; ``ghost=False`` replaces every GhostConv3D with a dense Conv3d.
     """
@@ -367,12 +376,20 @@ class LightMedSeg(nn.Module):
         lspm_hidden: int = 44,
         se_reduction: int = 4,
         fuse_kernel: int = 3,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
+        if deep_supervision:
+            raise ValueError(
+                "LightMedSeg has a single full-resolution output and no deep supervision; build it with "
+                "deep_supervision=False (trainer: enable_deep_supervision = False)"
+            )
         encoder_channels = [int(c) for c in encoder_channels]
         decoder_channels = [int(c) for c in decoder_channels]
         if len(encoder_channels) != 4 or len(decoder_channels) != 4:
             raise ValueError("encoder_channels and decoder_channels must each list 4 widths")
+        if use_anchors and num_anchors < 1:
+            raise ValueError(f"num_anchors must be >= 1 when use_anchors is True, got {num_anchors}")
         self.input_channels = input_channels
         self.num_classes = num_classes
         k = num_anchors if use_anchors else None
@@ -387,7 +404,7 @@ class LightMedSeg(nn.Module):
         self.encoder = nn.ModuleList(EncoderStage(i, o, k, ghost, se_reduction) for i, o in zip(ins, encoder_channels))
         self.pool = nn.MaxPool3d(2)
 
-        # decoder stage j consumes encoder stage 4 - j at the same resolution
+        # decoder stage j (0-based) works at the grid of encoder stage 3 - j (0-based)
         self.bottleneck = nn.Conv3d(encoder_channels[-1], decoder_channels[0], 1)
         dec_ins = [decoder_channels[0], *decoder_channels[:-1]]
         self.decoder = nn.ModuleList(

@@ -16,7 +16,9 @@ class never produces an infinite weight; it still gets gradient from CE through 
   band gives 0.
 
 ``ignore_label`` voxels contribute to no term (and receive zero gradient); like nnU-Net's
-``DC_and_CE_loss``, the CE uses ``ignore_index`` and Dice a loss mask.
+``DC_and_CE_loss``, the CE uses ``ignore_index`` and Dice a loss mask. Label changes between a
+class and an ignored region count as boundaries, but ignored voxels are never inside the band.
+Class frequencies and Dice sums are per process (no all-gather under DDP). Computed in float32.
 """
 
 from __future__ import annotations

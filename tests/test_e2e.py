@@ -144,3 +144,22 @@ def test_ensemble_plugin_with_stock_nnunet(planned_workspace):
         str(model / "plans.json"),
     )
     _check_scores(mean_dice(ensembled / "summary.json"))
+
+
+def test_lightmedseg_trains_predicts_and_evaluates_with_stock_commands(planned_workspace):
+    ws = planned_workspace
+    configuration = add_plans(ws, DATASET_ID, "lightmedseg", [*SHORT, "batch_size=2"])
+    scores = train_predict_evaluate(
+        ws, DATASET_ID, configuration, "nnUNetTrainerLightMedSeg", predict_args=("--disable_tta",)
+    )
+    _check_scores(scores)
+
+
+def test_stock_trainer_selects_lightmedseg_through_network_class_name(planned_workspace):
+    """Plan-file customisation only: a stock nnU-Net trainer builds LightMedSeg from network_class_name."""
+    ws = planned_workspace
+    configuration = add_plans(ws, DATASET_ID, "lightmedseg", ["batch_size=2"], name="3d_lms_stock")
+    scores = train_predict_evaluate(
+        ws, DATASET_ID, configuration, "nnUNetTrainerNoDeepSupervision_fmtest", predict_args=("--disable_tta",)
+    )
+    _check_scores(scores)

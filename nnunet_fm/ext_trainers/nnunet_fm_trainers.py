@@ -11,6 +11,7 @@ from nnunet_fm.trainers.dinov3_ffa import (
     nnUNetTrainerDINOv3FFA_3shot,
     nnUNetTrainerDINOv3FFA_5shot,
 )
+from nnunet_fm.trainers.lightmedseg import nnUNetTrainerLightMedSeg
 from nnunet_fm.trainers.unet import nnUNetTrainerFMUNet
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "nnUNetTrainerDINOv3FFA_3shot",
     "nnUNetTrainerDINOv3FFA_5shot",
     "nnUNetTrainerFMUNet",
+    "nnUNetTrainerLightMedSeg",
 ]

@@ -2,10 +2,28 @@
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.network_architecture.nnUNetTrainerNoDeepSupervision import (
+    nnUNetTrainerNoDeepSupervision,
+)
 
 
 class nnUNetTrainer_fmtest(nnUNetTrainer):
     """Stock nnU-Net (network, loss, SGD, deep supervision) shortened to 1 epoch of 2 iterations."""
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1
+
+
+class nnUNetTrainerNoDeepSupervision_fmtest(nnUNetTrainerNoDeepSupervision):
+    """Stock nnUNetTrainerNoDeepSupervision shortened to 1 epoch of 2 iterations."""
 
     def __init__(
         self,

@@ -1,0 +1,37 @@
+"""nnUNetTrainerLightMedSeg: the 0.48M-parameter LightMedSeg network with its Dice + CE + boundary loss."""
+
+from __future__ import annotations
+
+from nnunet_fm.hooks.slice_mask import MASK_VALUE, SliceMaskedLoss
+from nnunet_fm.lightmedseg_loss import DiceCEBoundaryLoss
+from nnunet_fm.trainers.base import nnUNetTrainerFMAdamW
+
+
+class nnUNetTrainerLightMedSeg(nnUNetTrainerFMAdamW):
+    """AdamW + short warmup + cosine (paper §4); loss = Dice + CE + boundary BCE, inverse-frequency weighted.
+
+    The loss weights classes itself (paper §3.7), so ``bg_weight`` / ``use_mfb`` do not apply; the shared
+    few-shot, patch-filter, slice-mask and prior-bias hooks do.
+    """
+
+    fm_defaults = {
+        "num_epochs": 300,
+        "initial_lr": 1e-3,
+        "weight_decay": 1e-4,
+        "warmup_epochs": 10,
+        "grad_clip": 12.0,
+        "depth_min_fg_frac": 0.0,
+        "drop_empty": False,
+    }
+
+    def _build_loss(self):
+        ignore_label = self.label_manager.ignore_label
+        mask_value = ignore_label if ignore_label is not None else MASK_VALUE
+        loss = DiceCEBoundaryLoss(weight_boundary=float(self.fm_option("boundary_weight")), ignore_label=mask_value)
+        return SliceMaskedLoss(
+            loss,
+            mask_value,
+            float(self.fm_option("depth_min_fg_frac")),
+            float(self.fm_option("logit_clamp")),
+            ignore_label,
+        )
