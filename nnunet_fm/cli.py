@@ -78,6 +78,45 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_folder(args: argparse.Namespace) -> str:
+    if args.model:
+        return args.model
+    if not (args.dataset and args.configuration):
+        raise UserInputError("Give -m MODEL_FOLDER, or -d DATASET -c CONFIGURATION [-tr TRAINER -p PLANS].")
+    import os
+
+    from nnunet_fm.plans import dataset_name
+
+    results = os.environ.get("nnUNet_results")
+    if not results:
+        raise UserInputError("nnUNet_results is not set (see `nnunet-fm env`).")
+    name = f"{args.trainer}__{args.plans}__{args.configuration}"
+    return os.path.join(results, dataset_name(args.dataset), name)
+
+
+def _cmd_pseudolabel(args: argparse.Namespace) -> int:
+    from nnunet_fm.pseudolabel import pseudolabel
+
+    folder = pseudolabel(
+        _model_folder(args),
+        args.input,
+        args.out_id,
+        args.out_name,
+        args.fold,
+        args.case_threshold,
+        args.keep_fraction,
+        args.voxel_threshold,
+        args.device,
+        not args.disable_tta,
+    )
+    manifest = json.loads((folder / "pseudolabel_manifest.json").read_text())
+    kept = [c for c in manifest["pseudo_cases"] if c["kept"]]
+    print(f"Wrote {folder}: {len(manifest['labelled_cases'])} labelled + {len(kept)} pseudo-labelled case(s)")
+    for case in manifest["pseudo_cases"]:
+        print(f"  {case['case']}: confidence {case['confidence']:.3f} {'kept' if case['kept'] else 'dropped'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-fm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +150,24 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-dataset", help="check a raw dataset folder, naming every bad case")
     check.add_argument("folder")
     check.set_defaults(func=_cmd_check_dataset)
+
+    pseudo = sub.add_parser("pseudolabel", help="confident pseudo-labels -> a new raw dataset (SFR-style)")
+    pseudo.add_argument("-m", "--model", help="trained model folder (TRAINER__PLANS__CONFIGURATION)")
+    pseudo.add_argument("-d", "--dataset")
+    pseudo.add_argument("-c", "--configuration")
+    pseudo.add_argument("-tr", "--trainer", default="nnUNetTrainerDINOv3FFA")
+    pseudo.add_argument("-p", "--plans", default="nnUNetPlans")
+    pseudo.add_argument("-f", "--fold", default="0")
+    pseudo.add_argument("-i", "--input", required=True, help="folder of unlabelled images (CASE_XXXX.nii.gz)")
+    pseudo.add_argument("--out-id", type=int, required=True)
+    pseudo.add_argument("--out-name", default="PseudoLabelled")
+    choice = pseudo.add_mutually_exclusive_group()
+    choice.add_argument("--case-threshold", type=float, help="keep cases with confidence >= T")
+    choice.add_argument("--keep-fraction", type=float, help="keep the most confident fraction P of cases")
+    pseudo.add_argument("--voxel-threshold", type=float, default=0.0, help="max-prob below V -> ignore label")
+    pseudo.add_argument("--device", default="cpu")
+    pseudo.add_argument("--disable_tta", action="store_true")
+    pseudo.set_defaults(func=_cmd_pseudolabel)
 
     demo = sub.add_parser("demo", help="run the main job end to end on synthetic data")
     demo.add_argument("--workdir", default="demo_run")

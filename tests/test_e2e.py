@@ -1,6 +1,7 @@
 """End to end through the real nnUNetv2_* commands (subprocesses), tiny data, a few iterations on CPU."""
 
 import json
+import shutil
 
 import pytest
 
@@ -32,12 +33,20 @@ def test_doctor_resolves_every_plugin_trainer(planned_workspace):
     assert "[ok] trainer nnUNetTrainerDINOv3FFA" in output and "[ok] trainer nnUNetTrainerDINOv3Cube" in output
 
 
-def test_dinov3_ffa_trains_predicts_and_evaluates_with_stock_commands(planned_workspace):
+@pytest.fixture(scope="module")
+def ffa_model(planned_workspace):
+    """A few-shot DINOv3-FFA model (tiny random encoder) trained through stock nnUNetv2_train, fold 0."""
     ws = planned_workspace
     configuration = add_plans(ws, DATASET_ID, "dinov3_ffa", [*SHORT, *TINY_ENCODER, "arch.agg_heads=2"])
     scores = train_predict_evaluate(
         ws, DATASET_ID, configuration, "nnUNetTrainerDINOv3FFA", predict_args=("--disable_tta",)
     )
+    return configuration, scores
+
+
+def test_dinov3_ffa_trains_predicts_and_evaluates_with_stock_commands(planned_workspace, ffa_model):
+    ws = planned_workspace
+    configuration, scores = ffa_model
     _check_scores(scores)
     model = _model_folder(ws, "nnUNetTrainerDINOv3FFA", configuration)
     fold = model / "fold_0"
@@ -76,12 +85,10 @@ def test_dinov3_cube_two_pass_trains_predicts_and_evaluates(planned_workspace):
     _check_scores(scores)
 
 
-def test_ensemble_plugin_with_stock_nnunet(planned_workspace):
+def test_ensemble_plugin_with_stock_nnunet(planned_workspace, ffa_model):
     """find_best_configuration + nnUNetv2_ensemble over the FFA model and stock nnU-Net (fold 0, --npz)."""
     ws = planned_workspace
-    ffa = "3d_fm_dinov3_ffa"
-    if not (_model_folder(ws, "nnUNetTrainerDINOv3FFA", ffa) / "fold_0" / "checkpoint_final.pth").is_file():
-        pytest.fail("run together with test_dinov3_ffa_trains_predicts_and_evaluates_with_stock_commands")
+    ffa = ffa_model[0]
     ws.run(
         "nnUNetv2_train",
         str(DATASET_ID),
@@ -162,4 +169,62 @@ def test_stock_trainer_selects_lightmedseg_through_network_class_name(planned_wo
     scores = train_predict_evaluate(
         ws, DATASET_ID, configuration, "nnUNetTrainerNoDeepSupervision_fmtest", predict_args=("--disable_tta",)
     )
+    _check_scores(scores)
+
+
+def test_pseudolabel_then_retrain_with_stock_commands(planned_workspace, ffa_model):
+    """K-shot FFA -> nnunet-fm pseudolabel -> plan/preprocess (integrity check) -> re-train -> predict -> evaluate."""
+    ws = planned_workspace
+    source = ws.dataset_folder(DATASET_ID)
+    model = _model_folder(ws, "nnUNetTrainerDINOv3FFA", ffa_model[0])
+    few_shot = set(json.loads((model / "fold_0" / "fewshot_cases.json").read_text())["cases"])
+    unlabelled = ws.root / "unlabelled"
+    unlabelled.mkdir()
+    for image in sorted((source / "imagesTr").glob("*_0000.nii.gz")):
+        if image.name[: -len("_0000.nii.gz")] not in few_shot:
+            shutil.copy(image, unlabelled / image.name)
+    before = {p: p.stat().st_mtime_ns for p in source.rglob("*")}
+    with pytest.raises(RuntimeError, match="No case passed the selection"):
+        ws.run("nnunet-fm", "pseudolabel", "-m", str(model), "-i", str(unlabelled), "--out-id", "952",
+               "--case-threshold", "1.01", "--disable_tta")
+    assert not list(ws.raw.glob("Dataset952_*")) and not list(ws.raw.glob(".Dataset952*"))  # nothing written
+    output = ws.run(
+        "nnunet-fm",
+        "pseudolabel",
+        "-m",
+        str(model),
+        "-i",
+        str(unlabelled),
+        "--out-id",
+        "952",
+        "--keep-fraction",
+        "1.0",
+        "--voxel-threshold",
+        "0.6",
+        "--disable_tta",
+    )
+    assert "pseudo-labelled" in output
+    assert {p: p.stat().st_mtime_ns for p in source.rglob("*")} == before  # source dataset untouched
+    new = ws.dataset_folder(952)
+    meta = json.loads((new / "dataset.json").read_text())
+    assert meta["labels"]["ignore"] == 3 and meta["numTraining"] == len(list((new / "labelsTr").iterdir()))
+    manifest = json.loads((new / "pseudolabel_manifest.json").read_text())
+    assert set(manifest["labelled_cases"]) == few_shot and any(c["kept"] for c in manifest["pseudo_cases"])
+    ws.run(
+        "nnUNetv2_plan_and_preprocess",
+        "-d",
+        "952",
+        "-c",
+        "3d_fullres",
+        "--verify_dataset_integrity",
+        "-np",
+        "1",
+        "-npfp",
+        "1",
+    )
+    configuration = add_plans(ws, 952, "lightmedseg", [*SHORT[:3], "batch_size=2"])
+    folder_952 = ws.dataset_folder(952)
+    (folder_952 / "imagesTs").symlink_to(source / "imagesTs")
+    (folder_952 / "labelsTs").symlink_to(source / "labelsTs")
+    scores = train_predict_evaluate(ws, 952, configuration, "nnUNetTrainerLightMedSeg", predict_args=("--disable_tta",))
     _check_scores(scores)

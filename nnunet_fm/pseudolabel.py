@@ -1,0 +1,211 @@
+"""Confident pseudo-labels from a trained (few-shot) model, written as a new nnU-Net raw dataset (SFR-style).
+
+Confidence of a case = mean max-class probability over the voxels the model labels as foreground (a case
+with no predicted foreground scores 0). Kept cases get voxels whose max probability is below the voxel
+threshold marked with nnU-Net's ignore label (the highest label value, named "ignore"). The new dataset
+holds the labelled cases the model was trained on plus the kept pseudo-labelled cases, and a manifest.
+Source datasets are only read; the new dataset is built in a temporary folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_fm.atomic_io import atomic_write_json
+from nnunet_fm.dataset_check import allowed_label_values, case_identifiers
+from nnunet_fm.environment import EXT_TRAINER_VARIABLE, plugin_env
+from nnunet_fm.errors import UserInputError
+from nnunet_fm.hooks.few_shot import RECORD_NAME
+
+MANIFEST_NAME = "pseudolabel_manifest.json"
+
+
+@dataclass
+class CaseScore:
+    """Confidence of one unlabelled case and what became of it."""
+
+    case: str
+    confidence: float
+    foreground_voxels: int
+    kept: bool = False
+    ignored_fraction: float = 0.0
+
+
+def case_confidence(probabilities: np.ndarray) -> tuple[float, int]:
+    """Mean max-probability over predicted-foreground voxels (0 when nothing is predicted) and their count."""
+    segmentation = probabilities.argmax(0)
+    foreground = segmentation > 0
+    count = int(foreground.sum())
+    return (float(probabilities.max(0)[foreground].mean()) if count else 0.0), count
+
+
+def select_cases(scores: list[CaseScore], case_threshold: float | None, keep_fraction: float | None) -> list[str]:
+    """Cases passing ``case_threshold`` or the top ``keep_fraction`` by confidence (cases without foreground never)."""
+    candidates = [s for s in scores if s.foreground_voxels > 0]
+    if keep_fraction is not None:
+        if not 0 < keep_fraction <= 1:
+            raise UserInputError(f"--keep-fraction must be in (0, 1], got {keep_fraction}.")
+        ranked = sorted(candidates, key=lambda s: -s.confidence)
+        return [s.case for s in ranked[: math.ceil(keep_fraction * len(scores))]]
+    threshold = 0.0 if case_threshold is None else case_threshold
+    return [s.case for s in candidates if s.confidence >= threshold]
+
+
+def check_unlabelled_folder(folder: Path, dataset_json: dict) -> list[str]:
+    """Case ids of an unlabelled folder; every file must be CASE_XXXX<ending> with all declared channels."""
+    ending = dataset_json["file_ending"]
+    if not folder.is_dir():
+        raise UserInputError(f"Unlabelled folder {folder} does not exist.")
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    wrong = [f for f in files if not f.endswith(ending)]
+    if wrong:
+        raise UserInputError(f"{folder}: files {wrong[:5]} do not end with the dataset's file ending '{ending}'.")
+    channels = sorted(int(c) for c in dataset_json["channel_names"])
+    cases = sorted({f[: -len(ending) - 5] for f in files})
+    problems = []
+    for case in cases:
+        missing = [f"{case}_{c:04d}{ending}" for c in channels if f"{case}_{c:04d}{ending}" not in files]
+        if missing:
+            problems.append(f"case '{case}' lacks {missing} (the model expects {len(channels)} channel(s))")
+    if problems or not cases:
+        raise UserInputError(f"{folder} does not match the model's channels: " + ("; ".join(problems) or "no images"))
+    return cases
+
+
+def confident_labels(probabilities: np.ndarray, voxel_threshold: float, ignore_value: int) -> tuple[np.ndarray, float]:
+    """Arg-max labels with voxels whose max probability is below ``voxel_threshold`` set to the ignore label."""
+    labels = probabilities.argmax(0).astype(np.uint8)
+    unsure = probabilities.max(0) < voxel_threshold
+    labels[unsure] = ignore_value
+    return labels, float(unsure.mean())
+
+
+def _copy_images(src: Path, case: str, dst: Path, new_id: str, channels: list[int], ending: str) -> None:
+    for c in channels:
+        shutil.copy2(src / f"{case}_{c:04d}{ending}", dst / f"{new_id}_{c:04d}{ending}")
+
+
+def _predict(model_folder: Path, fold: str, images: Path, out: Path, device: str, mirroring: bool) -> None:
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    os.environ[EXT_TRAINER_VARIABLE] = plugin_env()[EXT_TRAINER_VARIABLE]
+    predictor = nnUNetPredictor(use_mirroring=mirroring, device=torch.device(device), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model_folder), (int(fold) if fold != "all" else fold,))
+    predictor.predict_from_files(
+        str(images),
+        str(out),
+        save_probabilities=True,
+        overwrite=True,
+        num_processes_preprocessing=1,
+        num_processes_segmentation_export=1,
+    )
+
+
+def _source_raw_dataset(model_folder: Path) -> Path:
+    raw = os.environ.get("nnUNet_raw")
+    if not raw:
+        raise UserInputError("nnUNet_raw is not set; the labelled cases are copied from the source raw dataset.")
+    folder = Path(raw) / model_folder.parent.name
+    if not folder.is_dir():
+        raise UserInputError(f"Source raw dataset {folder} (from the model folder's path) does not exist.")
+    return folder
+
+
+def labelled_cases(model_folder: Path, fold: str, source: Path, ending: str) -> list[str]:
+    """The labelled cases the model saw: ``fewshot_cases.json`` of the fold, else every training case."""
+    record = model_folder / f"fold_{fold}" / RECORD_NAME
+    if record.is_file():
+        return list(json.loads(record.read_text())["cases"])
+    return case_identifiers(source / "imagesTr", ending)
+
+
+def pseudolabel(
+    model_folder: str | Path,
+    unlabelled: str | Path,
+    out_id: int,
+    out_name: str = "PseudoLabelled",
+    fold: str = "0",
+    case_threshold: float | None = None,
+    keep_fraction: float | None = None,
+    voxel_threshold: float = 0.0,
+    device: str = "cpu",
+    mirroring: bool = True,
+) -> Path:
+    """Predict, score, select and write the new raw dataset; returns its folder."""
+    model_folder, unlabelled = Path(model_folder), Path(unlabelled)
+    if not (model_folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():
+        raise UserInputError(f"{model_folder}/fold_{fold}/checkpoint_final.pth not found; train the model first.")
+    dataset_json = json.loads((model_folder / "dataset.json").read_text())
+    if "ignore" in dataset_json["labels"]:
+        raise UserInputError("The model's dataset already has an ignore label; pseudo-label from a clean dataset.")
+    ending = dataset_json["file_ending"]
+    cases = check_unlabelled_folder(unlabelled, dataset_json)
+    source = _source_raw_dataset(model_folder)
+    target = Path(os.environ["nnUNet_raw"]) / f"Dataset{out_id:03d}_{out_name}"
+    if list(Path(os.environ["nnUNet_raw"]).glob(f"Dataset{out_id:03d}_*")):
+        raise UserInputError(f"A dataset with id {out_id} already exists in nnUNet_raw; choose another --out-id.")
+    ignore_value = max(allowed_label_values(dataset_json)) + 1
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+        tmp = Path(tmp)
+        predictions = tmp / "predictions"
+        _predict(model_folder, fold, unlabelled, predictions, device, mirroring)
+        scores = [
+            CaseScore(case, *case_confidence(np.load(predictions / f"{case}.npz")["probabilities"])) for case in cases
+        ]
+        kept = set(select_cases(scores, case_threshold, keep_fraction))
+        if not kept:
+            best = max((s.confidence for s in scores), default=0.0)
+            raise UserInputError(
+                f"No case passed the selection (best confidence {best:.3f}); lower --case-threshold "
+                "or use --keep-fraction. Nothing was written."
+            )
+        dataset = tmp / target.name
+        for sub in ("imagesTr", "labelsTr"):
+            (dataset / sub).mkdir(parents=True)
+        labelled = labelled_cases(model_folder, fold, source, ending)
+        channels = sorted(int(c) for c in dataset_json["channel_names"])
+        for case in labelled:
+            _copy_images(source / "imagesTr", case, dataset / "imagesTr", case, channels, ending)
+            shutil.copy2(source / "labelsTr" / f"{case}{ending}", dataset / "labelsTr")
+        for score in (s for s in scores if s.case in kept):
+            score.kept = True
+            new_id = f"pl_{score.case}"
+            _copy_images(unlabelled, score.case, dataset / "imagesTr", new_id, channels, ending)
+            probabilities = np.load(predictions / f"{score.case}.npz")["probabilities"]
+            labels, score.ignored_fraction = confident_labels(probabilities, voxel_threshold, ignore_value)
+            image = sitk.GetImageFromArray(labels)
+            image.CopyInformation(sitk.ReadImage(str(predictions / f"{score.case}{ending}")))
+            sitk.WriteImage(image, str(dataset / "labelsTr" / f"{new_id}{ending}"), useCompression=True)
+        meta = dict(dataset_json)
+        meta["labels"] = {**dataset_json["labels"], "ignore": ignore_value}
+        meta["numTraining"] = len(labelled) + len(kept)
+        meta["description"] = f"nnunet-fm pseudo-labels from {model_folder} (fold {fold})"
+        atomic_write_json(dataset / "dataset.json", meta)
+        atomic_write_json(
+            dataset / MANIFEST_NAME,
+            {
+                "model_folder": str(model_folder),
+                "fold": fold,
+                "source_dataset": str(source),
+                "unlabelled_folder": str(unlabelled),
+                "confidence": "mean max-probability over predicted foreground",
+                "case_threshold": case_threshold,
+                "keep_fraction": keep_fraction,
+                "voxel_threshold": voxel_threshold,
+                "ignore_label": ignore_value,
+                "labelled_cases": labelled,
+                "pseudo_cases": [asdict(s) | {"new_id": f"pl_{s.case}"} for s in scores],
+            },
+        )
+        dataset.rename(target)
+    return target
