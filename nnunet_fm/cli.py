@@ -117,6 +117,29 @@ def _cmd_pseudolabel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nnunet_fm.experiment import grid, run_grid, summarise, to_markdown, write_reports
+    from nnunet_fm.pipeline import Workspace
+
+    out = Path(args.out)
+    ws = Workspace.from_environment(out, log=out / "commands.log")
+    runs = grid(args.trainers.split(","), _int_list(args.shots), _int_list(args.seeds), args.folds.split(","))
+    settings = list(args.set or [])
+    settings += [f"num_epochs={args.epochs}"] if args.epochs else []
+    settings += [f"num_iterations_per_epoch={args.iterations}"] if args.iterations else []
+    rows = summarise(run_grid(ws, int(args.dataset), runs, settings, args.device))
+    files = write_reports(rows, out)
+    print(to_markdown(rows))
+    print("Reports: " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-fm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     pseudo.add_argument("--device", default="cpu")
     pseudo.add_argument("--disable_tta", action="store_true")
     pseudo.set_defaults(func=_cmd_pseudolabel)
+
+    experiment = sub.add_parser("experiment", help="few-shot grid through stock commands, with result tables")
+    experiment.add_argument("-d", "--dataset", required=True, help="dataset id (with imagesTs/labelsTs)")
+    experiment.add_argument(
+        "--trainers", default="nnUNetTrainer,nnUNetTrainerDINOv3FFA,nnUNetTrainerLightMedSeg,nnUNetTrainerDINOv3Cube"
+    )
+    experiment.add_argument("--shots", default="1,3,5")
+    experiment.add_argument("--seeds", default="0,1,2")
+    experiment.add_argument("--folds", default="0")
+    experiment.add_argument("--epochs", type=int)
+    experiment.add_argument("--iterations", type=int)
+    experiment.add_argument("--device", default="cuda")
+    experiment.add_argument("--out", default="fewshot_experiment", help="folder for predictions and reports")
+    experiment.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra plans keys for every run")
+    experiment.set_defaults(func=_cmd_experiment)
 
     demo = sub.add_parser("demo", help="run the main job end to end on synthetic data")
     demo.add_argument("--workdir", default="demo_run")

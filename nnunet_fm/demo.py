@@ -6,6 +6,7 @@ from pathlib import Path
 
 from nnunet_fm.demo_data import DemoSpec, write_demo_dataset
 from nnunet_fm.pipeline import Workspace, train_predict_evaluate
+from nnunet_fm.templates import template_for_trainer
 
 DEMO_DATASET_ID = 901
 DEMO_SPEC = DemoSpec(shape=(24, 64, 64), spacing=(1.5, 0.7, 0.7))
@@ -13,7 +14,6 @@ DEMO_SPEC = DemoSpec(shape=(24, 64, 64), spacing=(1.5, 0.7, 0.7))
 # The flagship trainer on CPU: tiny random-weight DINOv3-architecture encoder (real weights: see README).
 FLAGSHIP = {
     "trainer": "nnUNetTrainerDINOv3FFA",
-    "template": "dinov3_ffa",
     "set": [
         'encoder_kwargs={"embed_dim":64,"depth":4,"num_heads":2}',
         "taps=[0,1,2,3]",
@@ -21,12 +21,6 @@ FLAGSHIP = {
         "arch.agg_heads=2",
         "few_shot_k=5",
     ],
-}
-TEMPLATE_OF = {
-    "nnUNetTrainerFMUNet": "unet_fewshot",
-    "nnUNetTrainerLightMedSeg": "lightmedseg",
-    "nnUNetTrainerDINOv3FFA": "dinov3_ffa",
-    "nnUNetTrainerDINOv3Cube": "dinov3_cube",
 }
 
 
@@ -82,7 +76,7 @@ def run_demo(
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    trainer = trainer or FLAGSHIP["trainer"]
+    template, trainer = template_for_trainer(trainer or FLAGSHIP["trainer"])
     settings = list(FLAGSHIP["set"]) if trainer == FLAGSHIP["trainer"] else ["few_shot_k=5"]
     settings += [
         f"num_epochs={epochs or 4}",
@@ -92,8 +86,8 @@ def run_demo(
     ws = Workspace(Path(workdir), log=Path(workdir) / "commands.log")
     print(f"[1/4] demo data + nnUNetv2_plan_and_preprocess in {ws.root} (log: {ws.log})")
     folder = prepare_dataset(ws)
-    print(f"[2/4] nnunet-fm plans add --template {TEMPLATE_OF[trainer]}")
-    configuration = add_plans(ws, DEMO_DATASET_ID, TEMPLATE_OF[trainer], settings)
+    print(f"[2/4] nnunet-fm plans add --template {template}")
+    configuration = add_plans(ws, DEMO_DATASET_ID, template, settings)
     print(f"[3/4] nnUNetv2_train / nnUNetv2_predict / nnUNetv2_evaluate_folder with {trainer} on {device}")
     scores = train_predict_evaluate(ws, DEMO_DATASET_ID, configuration, trainer, device=device)
     case = sorted((folder / "labelsTs").glob("*.nii.gz"))[0]

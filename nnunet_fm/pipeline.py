@@ -14,28 +14,38 @@ from nnunet_fm.environment import plugin_env
 
 @dataclass
 class Workspace:
-    """nnUNet_raw / nnUNet_preprocessed / nnUNet_results under one folder, plus the plugin's trainer path."""
+    """nnUNet_raw / nnUNet_preprocessed / nnUNet_results (default: under ``root``) plus the plugin's trainers."""
 
     root: Path
     extra_trainer_folders: list[str] = field(default_factory=list)
     log: Path | None = None
+    raw: Path | None = None
+    preprocessed: Path | None = None
+    results: Path | None = None
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
-        for folder in (self.raw, self.preprocessed, self.results):
+        self.raw = Path(self.raw or self.root / "nnUNet_raw")
+        self.preprocessed = Path(self.preprocessed or self.root / "nnUNet_preprocessed")
+        self.results = Path(self.results or self.root / "nnUNet_results")
+        for folder in (self.root, self.raw, self.preprocessed, self.results):
             folder.mkdir(parents=True, exist_ok=True)
 
-    @property
-    def raw(self) -> Path:
-        return self.root / "nnUNet_raw"
+    @classmethod
+    def from_environment(cls, root: str | Path, log: Path | None = None) -> Workspace:
+        """A workspace on the user's own nnU-Net folders (env vars); ``root`` holds predictions and reports."""
+        missing = [v for v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results") if not os.environ.get(v)]
+        if missing:
+            from nnunet_fm.errors import UserInputError
 
-    @property
-    def preprocessed(self) -> Path:
-        return self.root / "nnUNet_preprocessed"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "nnUNet_results"
+            raise UserInputError(f"{', '.join(missing)} not set; export them (see `nnunet-fm env`).")
+        return cls(
+            root,
+            log=log,
+            raw=os.environ["nnUNet_raw"],
+            preprocessed=os.environ["nnUNet_preprocessed"],
+            results=os.environ["nnUNet_results"],
+        )
 
     def env(self) -> dict[str, str]:
         env = plugin_env(extra_trainer_folders=self.extra_trainer_folders)
@@ -83,8 +93,9 @@ def train_predict_evaluate(
     fold: int | str = 0,
     device: str = "cpu",
     predict_args: tuple[str, ...] = (),
+    resume: bool = False,
 ) -> dict:
-    """Stock commands: train (--npz), predict the test images, evaluate against labelsTs."""
+    """Stock commands: train (--npz; --c when ``resume``), predict the test images, evaluate against labelsTs."""
     folder = ws.dataset_folder(dataset_id)
     ws.run(
         "nnUNetv2_train",
@@ -96,9 +107,10 @@ def train_predict_evaluate(
         "--npz",
         "-device",
         device,
+        *(("--c",) if resume else ()),
         extra_env={"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0")},
     )
-    prediction = ws.root / "predictions" / f"{trainer}__{configuration}"
+    prediction = ws.root / "predictions" / f"{trainer}__{configuration}__fold{fold}"
     ws.run(
         "nnUNetv2_predict",
         "-i",

@@ -133,3 +133,17 @@ def resolve_patch(
             f"use --set patch_size={json.dumps(snapped).replace(' ', '')}."
         )
     return snapped
+
+
+# Stock nnUNetTrainer has no few-shot sampling; in few-shot grids it stands for the stock U-Net with the hooks.
+TRAINER_ALIASES = {"nnUNetTrainer": "nnUNetTrainerFMUNet"}
+
+
+def template_for_trainer(trainer: str) -> tuple[str, str]:
+    """(template name, plugin trainer) for a trainer name, resolving ``TRAINER_ALIASES``."""
+    resolved = TRAINER_ALIASES.get(trainer, trainer)
+    for name in template_names():
+        if load_template(name).trainer == resolved:
+            return name, resolved
+    known = sorted({load_template(n).trainer for n in template_names()} | set(TRAINER_ALIASES))
+    raise UserInputError(f"No template trains '{trainer}'. Trainers with templates: {', '.join(known)}.")

@@ -185,8 +185,19 @@ def test_pseudolabel_then_retrain_with_stock_commands(planned_workspace, ffa_mod
             shutil.copy(image, unlabelled / image.name)
     before = {p: p.stat().st_mtime_ns for p in source.rglob("*")}
     with pytest.raises(RuntimeError, match="No case passed the selection"):
-        ws.run("nnunet-fm", "pseudolabel", "-m", str(model), "-i", str(unlabelled), "--out-id", "952",
-               "--case-threshold", "1.01", "--disable_tta")
+        ws.run(
+            "nnunet-fm",
+            "pseudolabel",
+            "-m",
+            str(model),
+            "-i",
+            str(unlabelled),
+            "--out-id",
+            "952",
+            "--case-threshold",
+            "1.01",
+            "--disable_tta",
+        )
     assert not list(ws.raw.glob("Dataset952_*")) and not list(ws.raw.glob(".Dataset952*"))  # nothing written
     output = ws.run(
         "nnunet-fm",
