@@ -244,6 +244,7 @@ class PeakRSS:
         self.interval = interval
         self.base = 0
         self.peak = 0
+        self._hwm = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -370,11 +371,10 @@ def _loss() -> nn.Module:
     return DC_and_CE_loss(dict(LOSS_KWARGS), {})
 
 
-def _batch(cfg: BenchConfig, device: torch.device, batch: int | None = None) -> tuple[Tensor, Tensor]:
+def _batch(cfg: BenchConfig, device: torch.device) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(cfg.seed)
-    b = cfg.batch if batch is None else batch
-    x = torch.randn(b, cfg.input_channels, *cfg.patch, generator=g)
-    y = torch.randint(0, cfg.num_classes, (b, 1, *cfg.patch), generator=g)
+    x = torch.randn(cfg.batch, cfg.input_channels, *cfg.patch, generator=g)
+    y = torch.randint(0, cfg.num_classes, (cfg.batch, 1, *cfg.patch), generator=g)
     return x.to(device), y.to(device)
 
 
@@ -625,14 +625,15 @@ def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
-def _context(result: BenchResult, markdown: bool, extra: list[str]) -> list[str]:
+def _context(result: BenchResult, markdown: bool, extra: list[str], stock: bool = True) -> list[str]:
     cfg = result.config
     items = [f"command: `{result.command}`" if markdown else f"command: {result.command}", f"date: {result.date}"]
     items += [f"{k}: {v}" for k, v in result.machine.items()]
     items += [
         f"patch (D, H, W): {list(cfg.patch)}, batch {cfg.batch}, input channels {cfg.input_channels}, "
         f"classes {cfg.num_classes}, {'bf16 autocast' if cfg.amp else 'fp32'}",
-        f"stock nnU-Net architecture: {cfg.architecture_source}",
+        *([f"stock nnU-Net architecture: {cfg.architecture_source}"] if stock else []),
+        *_overrides(cfg),
         f"timing: median of {max(1, cfg.repeats)} runs after 1 warm-up run",
         *extra,
         "encoder weights: random (timing and memory do not depend on weight values)",
@@ -640,6 +641,18 @@ def _context(result: BenchResult, markdown: bool, extra: list[str]) -> list[str]
     if markdown:
         return [f"- {i}" for i in items]
     return [f"# {i}" for i in items]
+
+
+def _overrides(cfg: BenchConfig) -> list[str]:
+    """A context line naming non-default DINOv3 settings (the row labels assume the defaults)."""
+    kw = {
+        "encoder_kwargs": cfg.encoder_kwargs,
+        "taps": cfg.taps,
+        "agg_heads": cfg.agg_heads,
+        "cube_size": cfg.cube_size,
+    }
+    kw = {k: v for k, v in kw.items() if v}
+    return [f"DINOv3 overrides (labels show the default encoder names): {kw}"] if kw else []
 
 
 def _memory_note(device: str) -> str:
@@ -736,7 +749,7 @@ def format_sweep(rows: list[SweepRow], result: BenchResult, markdown: bool = Fal
         "saved: peak bytes of tensors saved for backward during one step (nnunet_fm.two_pass.saved_tensor_peak)",
     ]
     title = "## sub-cube sweep" if markdown else "# sub-cube sweep"
-    return "\n".join([title, "", *_context(result, markdown, extra), "", _table(header, body, markdown)])
+    return "\n".join([title, "", *_context(result, markdown, extra, stock=False), "", _table(header, body, markdown)])
 
 
 # --------------------------------------------------------------------------- command line
