@@ -140,6 +140,32 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_find_best(args: argparse.Namespace) -> int:
+    from nnunetv2.evaluation.find_best_configuration import find_best_configuration
+
+    from nnunet_fm.environment import EXT_TRAINER_VARIABLE, plugin_env
+    from nnunet_fm.plans import dataset_name
+
+    models = []
+    for item in args.models:
+        trainer, sep, configuration = item.partition(":")
+        if not sep:
+            raise UserInputError(f"-m expects TRAINER:CONFIGURATION[:PLANS], got '{item}'.")
+        configuration, _, plans = configuration.partition(":")
+        models.append({"plans": plans or "nnUNetPlans", "configuration": configuration, "trainer": trainer})
+    import os
+
+    os.environ[EXT_TRAINER_VARIABLE] = plugin_env()[EXT_TRAINER_VARIABLE]
+    find_best_configuration(
+        dataset_name(args.dataset),
+        tuple(models),
+        allow_ensembling=not args.disable_ensembling,
+        num_processes=args.np,
+        folds=tuple(args.folds),
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-fm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,6 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--out", default="fewshot_experiment", help="folder for predictions and reports")
     experiment.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra plans keys for every run")
     experiment.set_defaults(func=_cmd_experiment)
+
+    best = sub.add_parser("find-best", help="nnU-Net's find_best_configuration over explicit trainer:config pairs")
+    best.add_argument("-d", "--dataset", required=True)
+    best.add_argument(
+        "-m",
+        "--models",
+        nargs="+",
+        required=True,
+        metavar="TRAINER:CONFIGURATION[:PLANS]",
+        help="e.g. nnUNetTrainer:3d_fullres nnUNetTrainerDINOv3FFA:3d_fm_dinov3_ffa",
+    )
+    best.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    best.add_argument("-np", type=int, default=1)
+    best.add_argument("--disable_ensembling", action="store_true")
+    best.set_defaults(func=_cmd_find_best)
 
     demo = sub.add_parser("demo", help="run the main job end to end on synthetic data")
     demo.add_argument("--workdir", default="demo_run")
