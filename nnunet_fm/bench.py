@@ -179,6 +179,7 @@ class SweepRow:
     cube_size: tuple[int, int, int] | None
     status: str = "ok"
     step_s: dict[str, float] = field(default_factory=dict)
+    step_min_s: dict[str, float] = field(default_factory=dict)
     saved_bytes: dict[str, int] = field(default_factory=dict)
     peak_bytes: dict[str, int] = field(default_factory=dict)
 
@@ -526,10 +527,10 @@ def _now() -> str:
 def run_benchmark(cfg: BenchConfig, argv: Sequence[str] | None = None) -> BenchResult:
     """Measure every model of ``cfg.models`` in turn and return the rows with ratios to the stock row."""
     device = torch.device(cfg.device)
-    machine = machine_info(device)
+    machine, started = machine_info(device), _now()
     rows = [measure_model(name, cfg, device) for name in cfg.models]
     _add_ratios(rows)
-    return BenchResult(cfg, rows, machine, _command(argv), _now())
+    return BenchResult(cfg, rows, machine, _command(argv), started)
 
 
 # --------------------------------------------------------------------------- cube sweep
@@ -562,7 +563,7 @@ def run_cube_sweep(
 ) -> tuple[list[SweepRow], BenchResult]:
     """Step time and memory of the sub-cube network vs number of cubes, two-pass and ordinary."""
     device = torch.device(cfg.device)
-    machine = machine_info(device)
+    machine, started = machine_info(device), _now()
     rows = []
     for n in counts:
         cube = split_cubes(cfg.patch, n)
@@ -577,7 +578,8 @@ def run_cube_sweep(
             model = build_model("cube", sub).to(device)
             for mode in ("ordinary", "two-pass"):
                 step = make_train_step(model, sub, device, two_pass=mode == "two-pass")
-                row.step_s[mode] = statistics.median(time_call(step, cfg.repeats, device))
+                times = time_call(step, cfg.repeats, device)
+                row.step_s[mode], row.step_min_s[mode] = statistics.median(times), min(times)
                 row.peak_bytes[mode], row.saved_bytes[mode] = measure_memory(step, device)
                 del step
             del model
@@ -587,7 +589,7 @@ def run_cube_sweep(
             row.status = f"error ({_short(exc)})"
         _release_memory()
         rows.append(row)
-    return rows, BenchResult(cfg, [], machine, _command(argv), _now())
+    return rows, BenchResult(cfg, [], machine, _command(argv), started)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -627,7 +629,7 @@ def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
 
 def _context(result: BenchResult, markdown: bool, extra: list[str], stock: bool = True) -> list[str]:
     cfg = result.config
-    items = [f"command: `{result.command}`" if markdown else f"command: {result.command}", f"date: {result.date}"]
+    items = [f"command: `{result.command}`" if markdown else f"command: {result.command}", f"started: {result.date}"]
     items += [f"{k}: {v}" for k, v in result.machine.items()]
     items += [
         f"patch (D, H, W): {list(cfg.patch)}, batch {cfg.batch}, input channels {cfg.input_channels}, "
@@ -723,8 +725,9 @@ def format_report(result: BenchResult, markdown: bool = False) -> str:
 
 def format_sweep(rows: list[SweepRow], result: BenchResult, markdown: bool = False) -> str:
     """The ``--cube-sweep`` table (ordinary vs two-pass per number of cubes) with its context."""
-    header = ["cubes", "cube size", "ordinary s", "two-pass s", "ordinary saved MiB", "two-pass saved MiB"]
-    header += ["ordinary peak MiB", "two-pass peak MiB"]
+    modes = ("ordinary", "two-pass")
+    header = ["cubes", "cube size", "ordinary s", "two-pass s", "ordinary min s", "two-pass min s"]
+    header += ["ordinary saved MiB", "two-pass saved MiB", "ordinary peak MiB", "two-pass peak MiB"]
     body = []
     for r in rows:
         if r.status != "ok":
@@ -735,9 +738,10 @@ def format_sweep(rows: list[SweepRow], result: BenchResult, markdown: bool = Fal
             [
                 str(r.cubes),
                 "x".join(str(c) for c in r.cube_size or ()),
-                *(_fmt(r.step_s.get(m), ".3f") for m in ("ordinary", "two-pass")),
-                *(_mib(r.saved_bytes.get(m)) for m in ("ordinary", "two-pass")),
-                *(_mib(r.peak_bytes.get(m)) for m in ("ordinary", "two-pass")),
+                *(_fmt(r.step_s.get(m), ".3f") for m in modes),
+                *(_fmt(r.step_min_s.get(m), ".3f") for m in modes),
+                *(_mib(r.saved_bytes.get(m)) for m in modes),
+                *(_mib(r.peak_bytes.get(m)) for m in modes),
             ]
         )
     extra = [

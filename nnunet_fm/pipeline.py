@@ -53,7 +53,15 @@ class Workspace:
             nnUNet_raw=str(self.raw), nnUNet_preprocessed=str(self.preprocessed), nnUNet_results=str(self.results)
         )
         env.setdefault("nnUNet_compile", "f")
+        # nnU-Net's export/evaluation pools spawn this many processes, each importing torch: on small CPU
+        # machines that costs minutes per command, so default to 1 unless the user chose a value
+        env.setdefault("nnUNet_def_n_proc", "1")
         return env
+
+    @property
+    def processes(self) -> str:
+        """Worker processes for nnU-Net's predict/evaluate commands (``nnUNet_def_n_proc``)."""
+        return self.env()["nnUNet_def_n_proc"]
 
     def run(self, *command: str, extra_env: dict[str, str] | None = None) -> str:
         """Run a command with the workspace env; raise with its output tail when it fails."""
@@ -127,6 +135,10 @@ def train_predict_evaluate(
         str(fold),
         "-device",
         device,
+        "-npp",
+        ws.processes,
+        "-nps",
+        ws.processes,
         *predict_args,
     )
     model = ws.results / folder.name / f"{trainer}__nnUNetPlans__{configuration}"
@@ -138,5 +150,7 @@ def train_predict_evaluate(
         str(model / "dataset.json"),
         "-pfile",
         str(model / "plans.json"),
+        "-np",
+        ws.processes,
     )
     return {"prediction": str(prediction), **mean_dice(prediction / "summary.json")}

@@ -35,9 +35,13 @@ def test_doctor_resolves_every_plugin_trainer(planned_workspace):
 
 @pytest.fixture(scope="module")
 def ffa_model(planned_workspace):
-    """A few-shot DINOv3-FFA model (tiny random encoder) trained through stock nnUNetv2_train, fold 0."""
+    """A few-shot DINOv3-FFA model (tiny random encoder) trained through stock nnUNetv2_train, fold 0.
+
+    Trained long enough (2 x 6 iterations) to predict some vessel voxels, which pseudo-labelling needs.
+    """
     ws = planned_workspace
-    configuration = add_plans(ws, DATASET_ID, "dinov3_ffa", [*SHORT, *TINY_ENCODER, "arch.agg_heads=2"])
+    schedule = [*SHORT, "num_epochs=2", "num_iterations_per_epoch=6"]
+    configuration = add_plans(ws, DATASET_ID, "dinov3_ffa", [*schedule, *TINY_ENCODER, "arch.agg_heads=2"])
     scores = train_predict_evaluate(
         ws, DATASET_ID, configuration, "nnUNetTrainerDINOv3FFA", predict_args=("--disable_tta",)
     )
@@ -72,6 +76,10 @@ def test_dinov3_ffa_trains_predicts_and_evaluates_with_stock_commands(planned_wo
         "0",
         "-device",
         "cpu",
+        "-npp",
+        "1",
+        "-nps",
+        "1",
     )
     assert len(list(mirrored.glob("*.nii.gz"))) == 2
 
@@ -134,6 +142,10 @@ def test_ensemble_plugin_with_stock_nnunet(planned_workspace, ffa_model):
             "0",
             "-device",
             "cpu",
+            "-npp",
+            "1",
+            "-nps",
+            "1",
             "--disable_tta",
             "--save_probabilities",
         )
