@@ -109,19 +109,26 @@ def test_ensemble_plugin_with_stock_nnunet(planned_workspace, ffa_model):
         "cpu",
         extra_env={"nnUNet_n_proc_DA": "0"},
     )
+    # nnUNetv2_find_best_configuration crosses every -c with every -tr; explicit pairs go through its API
     output = ws.run(
-        "nnUNetv2_find_best_configuration",
+        "nnunet-fm",
+        "find-best",
+        "-d",
         str(DATASET_ID),
-        "-c",
-        "3d_fullres",
-        ffa,
-        "-tr",
-        "nnUNetTrainer_fmtest",
-        "nnUNetTrainerDINOv3FFA",
+        "-m",
+        "nnUNetTrainer_fmtest:3d_fullres",
+        f"nnUNetTrainerDINOv3FFA:{ffa}",
         "-f",
         "0",
     )
     assert "ensemble" in output.lower()
+    inference = json.loads((ws.results / ws.dataset_folder(DATASET_ID).name / "inference_information.json").read_text())
+    keys = set(inference["all_results"])
+    assert (
+        f"nnUNetTrainerDINOv3FFA__nnUNetPlans__{ffa}" in keys
+        and "nnUNetTrainer_fmtest__nnUNetPlans__3d_fullres" in keys
+    )
+    assert any(k.startswith("ensemble___") for k in keys)
     folder = ws.dataset_folder(DATASET_ID)
     outputs = []
     for trainer, configuration in (("nnUNetTrainer_fmtest", "3d_fullres"), ("nnUNetTrainerDINOv3FFA", ffa)):
