@@ -93,6 +93,42 @@ def mean_dice(summary_file: Path) -> dict:
     return {"per_class_dice": per_class, "mean_dice": round(summary["foreground_mean"]["Dice"], 4)}
 
 
+def predict(
+    ws: Workspace,
+    dataset_id: int,
+    configuration: str,
+    trainer: str,
+    fold: int | str,
+    out: Path,
+    device: str = "cpu",
+    extra_args: tuple[str, ...] = (),
+) -> Path:
+    """``nnUNetv2_predict`` of the dataset's imagesTs into ``out``."""
+    ws.run(
+        "nnUNetv2_predict",
+        "-i",
+        str(ws.dataset_folder(dataset_id) / "imagesTs"),
+        "-o",
+        str(out),
+        "-d",
+        str(dataset_id),
+        "-c",
+        configuration,
+        "-tr",
+        trainer,
+        "-f",
+        str(fold),
+        "-device",
+        device,
+        "-npp",
+        ws.processes,
+        "-nps",
+        ws.processes,
+        *extra_args,
+    )
+    return out
+
+
 def train_predict_evaluate(
     ws: Workspace,
     dataset_id: int,
@@ -119,28 +155,7 @@ def train_predict_evaluate(
         extra_env={"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0")},
     )
     prediction = ws.root / "predictions" / f"{trainer}__{configuration}__fold{fold}"
-    ws.run(
-        "nnUNetv2_predict",
-        "-i",
-        str(folder / "imagesTs"),
-        "-o",
-        str(prediction),
-        "-d",
-        str(dataset_id),
-        "-c",
-        configuration,
-        "-tr",
-        trainer,
-        "-f",
-        str(fold),
-        "-device",
-        device,
-        "-npp",
-        ws.processes,
-        "-nps",
-        ws.processes,
-        *predict_args,
-    )
+    predict(ws, dataset_id, configuration, trainer, fold, prediction, device, predict_args)
     model = ws.results / folder.name / f"{trainer}__nnUNetPlans__{configuration}"
     ws.run(
         "nnUNetv2_evaluate_folder",

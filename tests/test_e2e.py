@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from nnunet_fm.demo import add_plans
-from nnunet_fm.pipeline import mean_dice, train_predict_evaluate
+from nnunet_fm.pipeline import mean_dice, predict, train_predict_evaluate
 
 pytestmark = pytest.mark.e2e
 DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)
@@ -59,28 +59,7 @@ def test_dinov3_ffa_trains_predicts_and_evaluates_with_stock_commands(planned_wo
     log = next(fold.glob("training_log_*.txt")).read_text()
     assert "Prior bias log(f_c)" in log and "frozen" in log
     # prediction with mirroring (TTA) from the same model folder
-    mirrored = ws.root / "predictions" / "ffa_tta"
-    ws.run(
-        "nnUNetv2_predict",
-        "-i",
-        str(ws.dataset_folder(DATASET_ID) / "imagesTs"),
-        "-o",
-        str(mirrored),
-        "-d",
-        str(DATASET_ID),
-        "-c",
-        configuration,
-        "-tr",
-        "nnUNetTrainerDINOv3FFA",
-        "-f",
-        "0",
-        "-device",
-        "cpu",
-        "-npp",
-        "1",
-        "-nps",
-        "1",
-    )
+    mirrored = predict(ws, DATASET_ID, configuration, "nnUNetTrainerDINOv3FFA", 0, ws.root / "predictions" / "ffa_tta")
     assert len(list(mirrored.glob("*.nii.gz"))) == 2
 
 
@@ -132,29 +111,15 @@ def test_ensemble_plugin_with_stock_nnunet(planned_workspace, ffa_model):
     folder = ws.dataset_folder(DATASET_ID)
     outputs = []
     for trainer, configuration in (("nnUNetTrainer_fmtest", "3d_fullres"), ("nnUNetTrainerDINOv3FFA", ffa)):
-        out = ws.root / "ens_inputs" / trainer
-        ws.run(
-            "nnUNetv2_predict",
-            "-i",
-            str(folder / "imagesTs"),
-            "-o",
-            str(out),
-            "-d",
-            str(DATASET_ID),
-            "-c",
+        out = predict(
+            ws,
+            DATASET_ID,
             configuration,
-            "-tr",
             trainer,
-            "-f",
-            "0",
-            "-device",
+            0,
+            ws.root / "ens_inputs" / trainer,
             "cpu",
-            "-npp",
-            "1",
-            "-nps",
-            "1",
-            "--disable_tta",
-            "--save_probabilities",
+            ("--disable_tta", "--save_probabilities"),
         )
         outputs.append(str(out))
     ensembled = ws.root / "ensembled"

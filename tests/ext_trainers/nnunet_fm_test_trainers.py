@@ -7,8 +7,8 @@ from nnunetv2.training.nnUNetTrainer.variants.network_architecture.nnUNetTrainer
 )
 
 
-class nnUNetTrainer_fmtest(nnUNetTrainer):
-    """Stock nnU-Net (network, loss, SGD, deep supervision) shortened to 1 epoch of 2 iterations."""
+class _OneShortEpoch:
+    """Shortens any stock trainer to 1 epoch of 2 iterations (1 validation iteration)."""
 
     def __init__(
         self,
@@ -22,16 +22,9 @@ class nnUNetTrainer_fmtest(nnUNetTrainer):
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1
 
 
-class nnUNetTrainerNoDeepSupervision_fmtest(nnUNetTrainerNoDeepSupervision):
-    """Stock nnUNetTrainerNoDeepSupervision shortened to 1 epoch of 2 iterations."""
+class nnUNetTrainer_fmtest(_OneShortEpoch, nnUNetTrainer):
+    """Stock nnU-Net (network, loss, SGD, deep supervision), shortened."""
 
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),
-    ):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1
+
+class nnUNetTrainerNoDeepSupervision_fmtest(_OneShortEpoch, nnUNetTrainerNoDeepSupervision):
+    """Stock nnUNetTrainerNoDeepSupervision, shortened."""
