@@ -37,10 +37,11 @@ def test_doctor_resolves_every_plugin_trainer(planned_workspace):
 def ffa_model(planned_workspace):
     """A few-shot DINOv3-FFA model (tiny random encoder) trained through stock nnUNetv2_train, fold 0.
 
-    Trained long enough (2 x 6 iterations) to predict some vessel voxels, which pseudo-labelling needs.
+    Trained long enough (2 x 6 iterations) to predict some vessel voxels, which pseudo-labelling needs. Its
+    patch (16x64x64) is larger than the 16x48x48 volumes: nnU-Net pads in training and prediction.
     """
     ws = planned_workspace
-    schedule = [*SHORT, "num_epochs=2", "num_iterations_per_epoch=6"]
+    schedule = [*SHORT, "num_epochs=2", "num_iterations_per_epoch=6", "patch_size=[16,64,64]"]
     configuration = add_plans(ws, DATASET_ID, "dinov3_ffa", [*schedule, *TINY_ENCODER, "arch.agg_heads=2"])
     scores = train_predict_evaluate(
         ws, DATASET_ID, configuration, "nnUNetTrainerDINOv3FFA", predict_args=("--disable_tta",)
@@ -56,6 +57,7 @@ def test_dinov3_ffa_trains_predicts_and_evaluates_with_stock_commands(planned_wo
     fold = model / "fold_0"
     assert (fold / "checkpoint_final.pth").is_file() and list((fold / "validation").glob("*.npz"))
     assert len(json.loads((fold / "fewshot_cases.json").read_text())["cases"]) == 3
+    assert json.loads((model / "plans.json").read_text())["configurations"][configuration]["patch_size"] == [16, 64, 64]
     log = next(fold.glob("training_log_*.txt")).read_text()
     assert "Prior bias log(f_c)" in log and "frozen" in log
     # prediction with mirroring (TTA) from the same model folder
