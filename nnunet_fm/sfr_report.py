@@ -29,7 +29,7 @@ def _train(ws: Workspace, dataset_id: int, trainer: str, settings: list[str], na
     extra = list(FLAGSHIP["set"]) if plugin_trainer == FLAGSHIP["trainer"] else []
     configuration = add_plans(ws, dataset_id, template, [*extra, *settings], name=name)
     return train_predict_evaluate(
-        ws, dataset_id, configuration, plugin_trainer, "all", device, predict_args=("--disable_tta",)
+        ws, dataset_id, configuration, plugin_trainer, 0, device, predict_args=("--disable_tta",)
     )
 
 
@@ -68,7 +68,7 @@ def run(
         "-m",
         str(model),
         "-f",
-        "all",
+        "0",
         "-i",
         str(pool),
         "--out-id",
