@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnunet_fm.demo_data import DemoSpec, write_demo_dataset
-from nnunet_fm.pipeline import Workspace, train_predict_evaluate
+from nnunet_fm.pipeline import Workspace, plan_and_preprocess, train_predict_evaluate
 from nnunet_fm.templates import template_for_trainer
 
 DEMO_DATASET_ID = 901
@@ -41,18 +41,7 @@ def prepare_dataset(
     )
     ws.run("nnunet-fm", "check-dataset", str(folder))
     if not (ws.preprocessed / folder.name / "nnUNetPlans.json").is_file():
-        ws.run(
-            "nnUNetv2_plan_and_preprocess",
-            "-d",
-            str(dataset_id),
-            "-c",
-            "3d_fullres",
-            "--verify_dataset_integrity",
-            "-np",
-            "1",
-            "-npfp",
-            "1",
-        )
+        plan_and_preprocess(ws, dataset_id)
     return folder
 
 

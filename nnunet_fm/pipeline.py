@@ -93,6 +93,22 @@ def mean_dice(summary_file: Path) -> dict:
     return {"per_class_dice": per_class, "mean_dice": round(summary["foreground_mean"]["Dice"], 4)}
 
 
+def plan_and_preprocess(ws: Workspace, dataset_id: int) -> None:
+    """Stock ``nnUNetv2_plan_and_preprocess -c 3d_fullres --verify_dataset_integrity``."""
+    ws.run(
+        "nnUNetv2_plan_and_preprocess",
+        "-d",
+        str(dataset_id),
+        "-c",
+        "3d_fullres",
+        "--verify_dataset_integrity",
+        "-np",
+        ws.processes,
+        "-npfp",
+        ws.processes,
+    )
+
+
 def predict(
     ws: Workspace,
     dataset_id: int,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from nnunet_fm.atomic_io import atomic_write_json
 from nnunet_fm.demo import FLAGSHIP, add_plans, prepare_dataset
-from nnunet_fm.pipeline import Workspace, train_predict_evaluate
+from nnunet_fm.pipeline import Workspace, plan_and_preprocess, train_predict_evaluate
 from nnunet_fm.templates import template_for_trainer
 
 SOURCE_ID, PSEUDO_ID = 902, 903
@@ -86,18 +86,7 @@ def run(
     pseudo = ws.dataset_folder(PSEUDO_ID)
     for sub in ("imagesTs", "labelsTs"):
         shutil.copytree(source / sub, pseudo / sub, dirs_exist_ok=True)
-    ws.run(
-        "nnUNetv2_plan_and_preprocess",
-        "-d",
-        str(PSEUDO_ID),
-        "-c",
-        "3d_fullres",
-        "--verify_dataset_integrity",
-        "-np",
-        "1",
-        "-npfp",
-        "1",
-    )
+    plan_and_preprocess(ws, PSEUDO_ID)
     schedule_all = [*schedule[:3], "few_shot_k=null"]
     baseline = _train(ws, SOURCE_ID, retrain_trainer, schedule, "3d_sfr_baseline", device)
     retrained = _train(ws, PSEUDO_ID, retrain_trainer, schedule_all, "3d_sfr_retrained", device)

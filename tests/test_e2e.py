@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from nnunet_fm.demo import add_plans
-from nnunet_fm.pipeline import mean_dice, predict, train_predict_evaluate
+from nnunet_fm.pipeline import mean_dice, plan_and_preprocess, predict, train_predict_evaluate
 
 pytestmark = pytest.mark.e2e
 DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)
@@ -170,8 +170,9 @@ def test_pseudolabel_then_retrain_with_stock_commands(planned_workspace, ffa_mod
         if image.name[: -len("_0000.nii.gz")] not in few_shot:
             shutil.copy(image, unlabelled / image.name)
     before = {p: p.stat().st_mtime_ns for p in source.rglob("*")}
-    with pytest.raises(RuntimeError, match="No case passed the selection"):
-        ws.run(
+
+    def pseudolabel(*selection: str) -> str:
+        return ws.run(
             "nnunet-fm",
             "pseudolabel",
             "-m",
@@ -180,26 +181,14 @@ def test_pseudolabel_then_retrain_with_stock_commands(planned_workspace, ffa_mod
             str(unlabelled),
             "--out-id",
             "952",
-            "--case-threshold",
-            "1.01",
             "--disable_tta",
+            *selection,
         )
+
+    with pytest.raises(RuntimeError, match="No case passed the selection"):
+        pseudolabel("--case-threshold", "1.01")
     assert not list(ws.raw.glob("Dataset952_*")) and not list(ws.raw.glob(".Dataset952*"))  # nothing written
-    output = ws.run(
-        "nnunet-fm",
-        "pseudolabel",
-        "-m",
-        str(model),
-        "-i",
-        str(unlabelled),
-        "--out-id",
-        "952",
-        "--keep-fraction",
-        "1.0",
-        "--voxel-threshold",
-        "0.6",
-        "--disable_tta",
-    )
+    output = pseudolabel("--keep-fraction", "1.0", "--voxel-threshold", "0.6")
     assert "pseudo-labelled" in output
     assert {p: p.stat().st_mtime_ns for p in source.rglob("*")} == before  # source dataset untouched
     new = ws.dataset_folder(952)
@@ -207,18 +196,7 @@ def test_pseudolabel_then_retrain_with_stock_commands(planned_workspace, ffa_mod
     assert meta["labels"]["ignore"] == 3 and meta["numTraining"] == len(list((new / "labelsTr").iterdir()))
     manifest = json.loads((new / "pseudolabel_manifest.json").read_text())
     assert set(manifest["labelled_cases"]) == few_shot and any(c["kept"] for c in manifest["pseudo_cases"])
-    ws.run(
-        "nnUNetv2_plan_and_preprocess",
-        "-d",
-        "952",
-        "-c",
-        "3d_fullres",
-        "--verify_dataset_integrity",
-        "-np",
-        "1",
-        "-npfp",
-        "1",
-    )
+    plan_and_preprocess(ws, 952)
     configuration = add_plans(ws, 952, "lightmedseg", [*SHORT[:3], "batch_size=2"])
     folder_952 = ws.dataset_folder(952)
     (folder_952 / "imagesTs").symlink_to(source / "imagesTs")
