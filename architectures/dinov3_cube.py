@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from nnunet_fm.blocks import ConvNormAct, upsample_inplane
-from nnunet_fm.encoders import FrozenDINOv3, normalize_imagenet
+from nnunet_fm.encoders import FrozenDINOv3, zchannel_slices
 
 __all__ = ["CubeDepthEmbedding", "CubeHead", "DINOv3Cube", "valid_cube_sizes"]
 
@@ -124,14 +124,6 @@ class CubeHead(nn.Module):
         y = self.up(self.refine(y))
         y = self.fuse(torch.cat([y, self.detail(x_cube.to(y.dtype))], dim=1))
         return self.classifier(y)
-
-
-def _minmax_slices(x: Tensor, eps: float = 1e-6) -> Tensor:
-    """Scale each 2D slice of ``x [N, H, W]`` to [0, 1] (constant slices map to 0)."""
-    flat = x.flatten(1)
-    lo = flat.amin(dim=1).view(-1, 1, 1)
-    hi = flat.amax(dim=1).view(-1, 1, 1)
-    return (x - lo) / (hi - lo).clamp_min(eps)
 
 
 class DINOv3Cube(nn.Module):
@@ -228,14 +220,10 @@ class DINOv3Cube(nn.Module):
 
     def _rgb_slices(self, x_cube: Tensor, cube_index: int) -> Tensor:
         """Map ``[B, C, d, H, W]`` to ImageNet-normalised RGB slices ``[B*d, 3, H, W]``."""
-        b, c, d, h, w = x_cube.shape
-        x = x_cube.float().transpose(1, 2).reshape(b * d, c, h, w)
-        red = _minmax_slices(x[:, 0])
-        green = _minmax_slices(x[:, 1]) if c > 1 else red
+        d = x_cube.shape[2]
         first = self._cube_layer(cube_index) * self.cube_size[0]
-        z = (first + torch.arange(d, device=x.device, dtype=x.dtype)) / max(self.patch_size[0] - 1, 1)
-        blue = z.repeat(b).view(b * d, 1, 1).expand(b * d, h, w)
-        return normalize_imagenet(torch.stack([red, green, blue], dim=1))
+        z = (first + torch.arange(d, device=x_cube.device, dtype=torch.float32)) / max(self.patch_size[0] - 1, 1)
+        return zchannel_slices(x_cube, z)
 
     @torch.no_grad()
     def encode_cube(self, x_cube: Tensor, cube_index: int) -> Tensor:

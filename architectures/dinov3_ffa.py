@@ -23,7 +23,7 @@ from nnunet_fm.blocks import (
     UpBlock3d,
     resize_inplane,
 )
-from nnunet_fm.encoders import FrozenDINOv3, normalize_imagenet
+from nnunet_fm.encoders import FrozenDINOv3, zchannel_slices
 from nnunet_fm.ffa import ParallelFFAAggregator
 
 __all__ = ["ChunkedHRHead2d", "DINOv3FFA", "DepthGatedRefineHead", "UNETRLiteDecoder"]
@@ -257,19 +257,7 @@ class DINOv3FFA(nn.Module):
     @torch.no_grad()
     def encoder_images(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Build ImageNet-normalised encoder slices ``[B*D, 3, H, W]`` from ``x`` and ``z [D]``."""
-        b, _, d, h, w = x.shape
-        x = x.float()
-
-        def minmax(t: torch.Tensor) -> torch.Tensor:
-            lo = t.amin(dim=(-2, -1), keepdim=True)
-            hi = t.amax(dim=(-2, -1), keepdim=True)
-            return (t - lo) / (hi - lo).clamp_min(1e-6)
-
-        c0 = minmax(x[:, 0])
-        c1 = minmax(x[:, 1]) if x.shape[1] > 1 else c0
-        zz = z.float().view(1, d, 1, 1).expand(b, d, h, w)
-        rgb = torch.stack([c0, c1, zz], dim=2).reshape(b * d, 3, h, w)
-        return normalize_imagenet(rgb)
+        return zchannel_slices(x, z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

@@ -46,6 +46,27 @@ def normalize_imagenet(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+def minmax_slices(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Scale every 2D slice (last two axes) of ``x`` to [0, 1]; constant slices map to 0."""
+    lo = x.amin(dim=(-2, -1), keepdim=True)
+    hi = x.amax(dim=(-2, -1), keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(eps)
+
+
+def zchannel_slices(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Encoder input of a volume ``[B, C, D, H, W]``: ImageNet-normalised RGB slices ``[B*D, 3, H, W]``.
+
+    Per slice: R = min-max(channel 0), G = min-max(channel 1) (channel 0 again for 1-channel input),
+    B = ``z[d]``, the slice-position value the caller chooses (the "Z-channel").
+    """
+    b, c, d, h, w = x.shape
+    x = x.float()
+    red = minmax_slices(x[:, 0])
+    green = minmax_slices(x[:, 1]) if c > 1 else red
+    blue = z.float().view(1, d, 1, 1).expand(b, d, h, w)
+    return normalize_imagenet(torch.stack([red, green, blue], dim=2).reshape(b * d, 3, h, w))
+
+
 @dataclass
 class LoadReport:
     """Outcome of :meth:`FrozenDINOv3.load_weights`."""
