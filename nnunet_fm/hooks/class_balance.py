@@ -68,11 +68,7 @@ class ClassBalanceMixin:
         )
 
     def _build_loss(self):
-        if self.dataset_class is None:
-            from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-
-            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
-        weights = self.fm_class_weights()
+        weights = self.fm_class_weights()  # its do_split() sets dataset_class before the counts load cases
         self.print_to_log_file(f"CE class weights: {np.round(weights, 4).tolist()}")
         return SliceMaskedLoss.dice_ce(
             ce_weight=torch.tensor(weights, dtype=torch.float32, device=self.device),

@@ -33,9 +33,9 @@ class FewShotMixin:
     """``do_split`` keeps the fold's validation cases and trains on ``few_shot_k`` of its training cases."""
 
     def do_split(self):
-        tr_keys, val_keys = super().do_split()
         if getattr(self, "_fm_split", None) is not None:
-            return self._fm_split
+            return self._fm_split  # nnU-Net asks several times per run; read the split and record once
+        tr_keys, val_keys = super().do_split()
         candidates = list(tr_keys)
         if self.fm_option("drop_empty"):
             candidates = self._fm_drop_empty(candidates)
