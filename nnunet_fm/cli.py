@@ -95,10 +95,11 @@ def _model_folder(args: argparse.Namespace) -> str:
 
 
 def _cmd_pseudolabel(args: argparse.Namespace) -> int:
-    from nnunet_fm.pseudolabel import pseudolabel
+    from nnunet_fm.pseudolabel import next_steps, pseudolabel
 
+    model_folder = _model_folder(args)
     folder = pseudolabel(
-        _model_folder(args),
+        model_folder,
         args.input,
         args.out_id,
         args.out_name,
@@ -114,6 +115,7 @@ def _cmd_pseudolabel(args: argparse.Namespace) -> int:
     print(f"Wrote {folder}: {len(manifest['labelled_cases'])} labelled + {len(kept)} pseudo-labelled case(s)")
     for case in manifest["pseudo_cases"]:
         print(f"  {case['case']}: confidence {case['confidence']:.3f} {'kept' if case['kept'] else 'dropped'}")
+    print(next_steps(model_folder, folder))
     return 0
 
 

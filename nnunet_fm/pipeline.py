@@ -109,6 +109,25 @@ def plan_and_preprocess(ws: Workspace, dataset_id: int) -> None:
     )
 
 
+def plan_like_source(
+    ws: Workspace, source_id: int, target_id: int, plans: str = "nnUNetPlans", configuration: str = "3d_fullres"
+) -> None:
+    """Plan and preprocess a derived dataset (e.g. pseudo-labelled) with the source dataset's plans.
+
+    Same normalisation statistics, spacing, patch size and plugin configurations as the source, with stock
+    commands: plan (integrity check, no preprocessing), ``nnUNetv2_move_plans_between_datasets``, preprocess.
+    Planning the derived dataset from scratch would count its ignore-label voxels as foreground in nnU-Net's
+    intensity fingerprint and so change the CT normalisation.
+    """
+    target = str(target_id)
+    ws.run(
+        "nnUNetv2_plan_and_preprocess",
+        *("-d", target, "-c", configuration, "--verify_dataset_integrity", "--no_pp", "-npfp", ws.processes),
+    )
+    ws.run("nnUNetv2_move_plans_between_datasets", "-s", str(source_id), "-t", target, "-sp", plans, "-tp", plans)
+    ws.run("nnUNetv2_preprocess", "-d", target, "-plans_name", plans, "-c", configuration, "-np", ws.processes)
+
+
 def predict(
     ws: Workspace,
     dataset_id: int,

@@ -1,8 +1,9 @@
 """Confident pseudo-labels from a trained (few-shot) model, written as a new nnU-Net raw dataset (SFR-style).
 
 Confidence of a case = mean max-class probability over the voxels the model labels as foreground (a case
-with no predicted foreground scores 0). Kept cases get voxels whose max probability is below the voxel
-threshold marked with nnU-Net's ignore label (the highest label value, named "ignore"). The new dataset
+with no predicted foreground scores 0). With a voxel threshold > 0, kept cases get voxels whose max
+probability is below it marked with nnU-Net's ignore label (the highest label value, named "ignore"; not
+declared at all without a threshold, so nnU-Net samples and plans exactly as for a fully labelled set). The new dataset
 holds the labelled cases the model was trained on plus the kept pseudo-labelled cases, and a manifest.
 Source datasets are only read; the new dataset is built in a temporary folder and renamed into place.
 """
@@ -111,7 +112,7 @@ def _predict(model_folder: Path, fold: str, images: Path, out: Path, device: str
     )
 
 
-def _source_raw_dataset(model_folder: Path) -> Path:
+def _raw_dataset_of(model_folder: Path) -> Path:
     raw = os.environ.get("nnUNet_raw")
     if not raw:
         raise UserInputError("nnUNet_raw is not set; the labelled cases are copied from the source raw dataset.")
@@ -119,6 +120,46 @@ def _source_raw_dataset(model_folder: Path) -> Path:
     if not folder.is_dir():
         raise UserInputError(f"Source raw dataset {folder} (from the model folder's path) does not exist.")
     return folder
+
+
+@dataclass
+class LabelledSource:
+    """Where the truly labelled cases are copied from, and which pseudo-labelling round produced the model."""
+
+    folder: Path
+    cases: list[str]
+    dataset_json: dict
+    round: int = 0
+
+
+def labelled_source(model_folder: Path, fold: str, ending: str) -> LabelledSource:
+    """The model's raw dataset and its labelled cases; for a model trained on pseudo-labels (a later round),
+    the original dataset and labelled cases its manifest names, so rounds never re-label pseudo-labels as truth.
+    """
+    raw = _raw_dataset_of(model_folder)
+    manifest_file = raw / MANIFEST_NAME
+    if not manifest_file.is_file():
+        meta = json.loads((raw / "dataset.json").read_text())
+        return LabelledSource(raw, labelled_cases(model_folder, fold, raw, ending), meta)
+    manifest = json.loads(manifest_file.read_text())
+    original = Path(manifest["source_dataset"])
+    if not (original / "dataset.json").is_file():
+        raise UserInputError(
+            f"{manifest_file} names the original labelled dataset {original}, which no longer exists; "
+            "restore it (its labelled cases are copied into every round)."
+        )
+    meta = json.loads((original / "dataset.json").read_text())
+    return LabelledSource(original, list(manifest["labelled_cases"]), meta, int(manifest.get("round", 1)))
+
+
+def ignore_label_value(labelled_dataset_json: dict, voxel_threshold: float) -> int | None:
+    """The labelled dataset's own ignore label if it has one, else (with a voxel threshold) highest label + 1."""
+    labels = labelled_dataset_json["labels"]
+    if "ignore" in labels:
+        return int(labels["ignore"])
+    if voxel_threshold <= 0:
+        return None
+    return max(allowed_label_values(labelled_dataset_json)) + 1
 
 
 def labelled_cases(model_folder: Path, fold: str, source: Path, ending: str) -> list[str]:
@@ -143,18 +184,20 @@ def pseudolabel(
 ) -> Path:
     """Predict, score, select and write the new raw dataset; returns its folder."""
     model_folder, unlabelled = Path(model_folder), Path(unlabelled)
+    if not 0 <= voxel_threshold < 1:
+        raise UserInputError(
+            f"--voxel-threshold must be in [0, 1) (a max-probability), got {voxel_threshold}; 0 marks no voxel."
+        )
     if not (model_folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():
         raise UserInputError(f"{model_folder}/fold_{fold}/checkpoint_final.pth not found; train the model first.")
     dataset_json = json.loads((model_folder / "dataset.json").read_text())
-    if "ignore" in dataset_json["labels"]:
-        raise UserInputError("The model's dataset already has an ignore label; pseudo-label from a clean dataset.")
     ending = dataset_json["file_ending"]
     cases = check_unlabelled_folder(unlabelled, dataset_json)
-    source = _source_raw_dataset(model_folder)
+    source = labelled_source(model_folder, fold, ending)
     target = Path(os.environ["nnUNet_raw"]) / f"Dataset{out_id:03d}_{out_name}"
     if list(Path(os.environ["nnUNet_raw"]).glob(f"Dataset{out_id:03d}_*")):
         raise UserInputError(f"A dataset with id {out_id} already exists in nnUNet_raw; choose another --out-id.")
-    ignore_value = max(allowed_label_values(dataset_json)) + 1
+    ignore_value = ignore_label_value(source.dataset_json, voxel_threshold)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
         tmp = Path(tmp)
         predictions = tmp / "predictions"
@@ -172,23 +215,24 @@ def pseudolabel(
         dataset = tmp / target.name
         for sub in ("imagesTr", "labelsTr"):
             (dataset / sub).mkdir(parents=True)
-        labelled = labelled_cases(model_folder, fold, source, ending)
         channels = sorted(int(c) for c in dataset_json["channel_names"])
-        for case in labelled:
-            _copy_images(source / "imagesTr", case, dataset / "imagesTr", case, channels, ending)
-            shutil.copy2(source / "labelsTr" / f"{case}{ending}", dataset / "labelsTr")
+        for case in source.cases:
+            _copy_images(source.folder / "imagesTr", case, dataset / "imagesTr", case, channels, ending)
+            shutil.copy2(source.folder / "labelsTr" / f"{case}{ending}", dataset / "labelsTr")
         for score in (s for s in scores if s.case in kept):
             score.kept = True
             new_id = f"pl_{score.case}"
             _copy_images(unlabelled, score.case, dataset / "imagesTr", new_id, channels, ending)
             probabilities = np.load(predictions / f"{score.case}.npz")["probabilities"]
-            labels, score.ignored_fraction = confident_labels(probabilities, voxel_threshold, ignore_value)
+            labels, score.ignored_fraction = confident_labels(probabilities, voxel_threshold, ignore_value or 0)
             image = sitk.GetImageFromArray(labels)
             image.CopyInformation(sitk.ReadImage(str(predictions / f"{score.case}{ending}")))
             sitk.WriteImage(image, str(dataset / "labelsTr" / f"{new_id}{ending}"), useCompression=True)
-        meta = dict(dataset_json)
-        meta["labels"] = {**dataset_json["labels"], "ignore": ignore_value}
-        meta["numTraining"] = len(labelled) + len(kept)
+        meta = dict(source.dataset_json)
+        meta["labels"] = {k: v for k, v in source.dataset_json["labels"].items() if k != "ignore"}
+        if ignore_value is not None:
+            meta["labels"]["ignore"] = ignore_value
+        meta["numTraining"] = len(source.cases) + len(kept)
         meta["description"] = f"nnunet-fm pseudo-labels from {model_folder} (fold {fold})"
         atomic_write_json(dataset / "dataset.json", meta)
         atomic_write_json(
@@ -196,16 +240,37 @@ def pseudolabel(
             {
                 "model_folder": str(model_folder),
                 "fold": fold,
-                "source_dataset": str(source),
+                "round": source.round + 1,
+                "model_dataset": str(_raw_dataset_of(model_folder)),
+                "source_dataset": str(source.folder),
                 "unlabelled_folder": str(unlabelled),
                 "confidence": "mean max-probability over predicted foreground",
                 "case_threshold": case_threshold,
                 "keep_fraction": keep_fraction,
                 "voxel_threshold": voxel_threshold,
                 "ignore_label": ignore_value,
-                "labelled_cases": labelled,
+                "labelled_cases": source.cases,
                 "pseudo_cases": [asdict(s) | {"new_id": f"pl_{s.case}"} for s in scores],
             },
         )
         dataset.rename(target)
     return target
+
+
+def next_steps(model_folder: str | Path, dataset_folder: str | Path) -> str:
+    """The stock commands that plan the new dataset like the model's own and re-train on all of its cases."""
+    model_folder, dataset_folder = Path(model_folder), Path(dataset_folder)
+    source_id = int(model_folder.parent.name[len("Dataset") :].split("_")[0])
+    target_id = int(dataset_folder.name[len("Dataset") :].split("_")[0])
+    plans = model_folder.name.split("__")[1]
+    return "\n".join(
+        [
+            "Next (same plans and normalisation as the model's dataset; train on every case with fold 'all'):",
+            f"  nnUNetv2_plan_and_preprocess -d {target_id} -c 3d_fullres --verify_dataset_integrity --no_pp",
+            f"  nnUNetv2_move_plans_between_datasets -s {source_id} -t {target_id} -sp {plans} -tp {plans}",
+            f"  nnUNetv2_preprocess -d {target_id} -plans_name {plans} -c 3d_fullres",
+            f"  nnUNetv2_train {target_id} 3d_fullres all -p {plans} --npz",
+            "Plugin configurations come along with the plans; set few_shot_k=null for them on this dataset:",
+            f"  nnunet-fm plans add -d {target_id} --template TEMPLATE --name NAME --set few_shot_k=null",
+        ]
+    )

@@ -1,12 +1,15 @@
 """Few-shot model vs re-training on confident pseudo-labels, on the demo data (stock commands throughout).
 
-    python -m nnunet_fm.sfr_report --workdir sfr_run [--labelled 3] [--unlabelled 6] [--epochs 6] [--device cpu]
+    python -m nnunet_fm.sfr_report --workdir sfr_run [--labelled 3] [--unlabelled 6] [--epochs 20] [--device cpu]
 
-1. K-shot nnUNetTrainerDINOv3FFA on a synthetic vessel dataset (the other training cases are unlabelled);
-2. ``nnunet-fm pseudolabel`` on the unlabelled cases -> a new dataset with the ignore label;
-3. a 3D segmenter (default nnUNetTrainerFMUNet) re-trained on labelled + pseudo-labelled cases, and the
-   same segmenter trained on the K labelled cases only (the fair baseline);
-4. all three evaluated on the demo test set. Prints a Markdown table and writes ``sfr_report.json``.
+1. K-shot nnUNetTrainerDINOv3FFA (fold 0) on a synthetic vessel dataset (the other training cases are unlabelled);
+2. ``nnunet-fm pseudolabel`` on the unlabelled cases -> a new dataset with the ignore label; the kept
+   pseudo-labels are scored against the true labels the demo hid from them;
+3. the new dataset planned with the source dataset's plans (``pipeline.plan_like_source``) and, for
+   comparison, planned from scratch by stock ``nnUNetv2_plan_and_preprocess``;
+4. a 3D segmenter (default nnUNetTrainerFMUNet) trained on the K labelled cases only (fold 0, the fair
+   baseline) and re-trained on labelled + pseudo-labelled cases (fold ``all``: every labelled case is used);
+5. everything evaluated on the demo test set. Prints a Markdown table, writes ``sfr_report.json``/``.md``.
 """
 
 from __future__ import annotations
@@ -16,21 +19,67 @@ import json
 import shutil
 from pathlib import Path
 
-from nnunet_fm.atomic_io import atomic_write_json
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_fm.atomic_io import atomic_write_json, atomic_write_text
 from nnunet_fm.demo import FLAGSHIP, add_plans, prepare_dataset
-from nnunet_fm.pipeline import Workspace, plan_and_preprocess, train_predict_evaluate
+from nnunet_fm.pipeline import Workspace, plan_and_preprocess, plan_like_source, train_predict_evaluate
+from nnunet_fm.pseudolabel import MANIFEST_NAME
 from nnunet_fm.templates import template_for_trainer
 
-SOURCE_ID, PSEUDO_ID = 902, 903
+SOURCE_ID, PSEUDO_ID, STOCK_PLANNED_ID = 902, 903, 904
 
 
-def _train(ws: Workspace, dataset_id: int, trainer: str, settings: list[str], name: str, device: str) -> dict:
+def _train(
+    ws: Workspace, dataset_id: int, trainer: str, settings: list[str], name: str, device: str, fold: int | str = 0
+) -> dict:
     template, plugin_trainer = template_for_trainer(trainer)
     extra = list(FLAGSHIP["set"]) if plugin_trainer == FLAGSHIP["trainer"] else []
     configuration = add_plans(ws, dataset_id, template, [*extra, *settings], name=name)
     return train_predict_evaluate(
-        ws, dataset_id, configuration, plugin_trainer, 0, device, predict_args=("--disable_tta",)
+        ws, dataset_id, configuration, plugin_trainer, fold, device, predict_args=("--disable_tta",)
     )
+
+
+def _read(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def pseudo_label_dice(pseudo_dataset: Path, source_dataset: Path) -> dict:
+    """Dice of the kept pseudo-labels against the source's true labels, over voxels not set to ignore."""
+    manifest = json.loads((pseudo_dataset / MANIFEST_NAME).read_text())
+    meta = json.loads((pseudo_dataset / "dataset.json").read_text())
+    ending, ignore = meta["file_ending"], meta["labels"].get("ignore")
+    classes = sorted(v for k, v in meta["labels"].items() if k not in ("background", "ignore"))
+    per_case = []
+    for case in (c for c in manifest["pseudo_cases"] if c["kept"]):
+        pseudo = _read(pseudo_dataset / "labelsTr" / f"{case['new_id']}{ending}")
+        truth = _read(source_dataset / "labelsTr" / f"{case['case']}{ending}")
+        annotated = pseudo != ignore if ignore is not None else np.ones_like(pseudo, dtype=bool)
+        scores = []
+        for c in classes:
+            a, b = (pseudo == c) & annotated, (truth == c) & annotated
+            denominator = a.sum() + b.sum()
+            scores.append(2.0 * (a & b).sum() / denominator if denominator else 1.0)
+        per_case.append(scores)
+    mean = np.mean(per_case, axis=0)
+    return {
+        "per_class_dice": {str(c): round(float(d), 4) for c, d in zip(classes, mean)},
+        "mean_dice": round(float(mean.mean()), 4),
+    }
+
+
+def _pseudolabel(ws: Workspace, model: Path, pool: Path, keep_fraction: float, voxel_threshold: float, device: str):
+    for root in (ws.raw, ws.preprocessed):  # a re-run starts from a clean pseudo-labelled dataset
+        shutil.rmtree(root / f"Dataset{PSEUDO_ID}_SFRPseudo", ignore_errors=True)
+    ws.run(
+        "nnunet-fm",
+        *("pseudolabel", "-m", str(model), "-f", "0", "-i", str(pool), "--out-id", str(PSEUDO_ID)),
+        *("--out-name", "SFRPseudo", "--keep-fraction", str(keep_fraction)),
+        *("--voxel-threshold", str(voxel_threshold), "--disable_tta", "--device", device),
+    )
+    return ws.dataset_folder(PSEUDO_ID)
 
 
 def run(
@@ -43,6 +92,7 @@ def run(
     retrain_trainer: str,
     keep_fraction: float,
     voxel_threshold: float,
+    compare_stock_planning: bool = True,
 ) -> list[dict]:
     ws = Workspace(workdir, log=workdir / "commands.log")
     source = prepare_dataset(ws, SOURCE_ID, num_train=labelled + unlabelled, num_test=4, seed=11)
@@ -61,41 +111,47 @@ def run(
     for image in (source / "imagesTr").glob("*_0000.nii.gz"):
         if image.name[: -len("_0000.nii.gz")] not in few_shot:
             shutil.copy(image, pool / image.name)
-    shutil.rmtree(ws.raw / f"Dataset{PSEUDO_ID}_SFRPseudo", ignore_errors=True)
-    ws.run(
-        "nnunet-fm",
-        "pseudolabel",
-        "-m",
-        str(model),
-        "-f",
-        "0",
-        "-i",
-        str(pool),
-        "--out-id",
-        str(PSEUDO_ID),
-        "--out-name",
-        "SFRPseudo",
-        "--keep-fraction",
-        str(keep_fraction),
-        "--voxel-threshold",
-        str(voxel_threshold),
-        "--disable_tta",
-        "--device",
-        device,
-    )
-    pseudo = ws.dataset_folder(PSEUDO_ID)
+    pseudo = _pseudolabel(ws, model, pool, keep_fraction, voxel_threshold, device)
     for sub in ("imagesTs", "labelsTs"):
         shutil.copytree(source / sub, pseudo / sub, dirs_exist_ok=True)
-    plan_and_preprocess(ws, PSEUDO_ID)
-    schedule_all = [*schedule[:3], "few_shot_k=null"]
-    baseline = _train(ws, SOURCE_ID, retrain_trainer, schedule, "3d_sfr_baseline", device)
-    retrained = _train(ws, PSEUDO_ID, retrain_trainer, schedule_all, "3d_sfr_retrained", device)
-    kept = sum(c["kept"] for c in json.loads((pseudo / "pseudolabel_manifest.json").read_text())["pseudo_cases"])
-    return [
-        {"model": f"{FLAGSHIP['trainer']} (K={labelled})", **fm},
-        {"model": f"{retrain_trainer} (K={labelled}, labelled only)", **baseline},
-        {"model": f"{retrain_trainer} (K={labelled} + {kept} pseudo-labelled)", **retrained},
+    kept = sum(c["kept"] for c in json.loads((pseudo / MANIFEST_NAME).read_text())["pseudo_cases"])
+    plan_like_source(ws, SOURCE_ID, PSEUDO_ID)
+    all_cases = [*schedule[:3], "few_shot_k=null"]
+    mixed = f"{labelled} labelled + {kept} pseudo-labelled"
+    rows = [
+        {"model": f"{FLAGSHIP['trainer']}", "trained on": f"{labelled} labelled (fold 0)", **fm},
+        {"model": "pseudo-labels vs hidden truth", "trained on": f"{kept} kept", **pseudo_label_dice(pseudo, source)},
+        {
+            "model": retrain_trainer,
+            "trained on": f"{labelled} labelled (fold 0)",
+            **_train(ws, SOURCE_ID, retrain_trainer, schedule, "3d_sfr_baseline", device),
+        },
+        {
+            "model": retrain_trainer,
+            "trained on": f"{mixed}, source plans (fold all)",
+            **_train(ws, PSEUDO_ID, retrain_trainer, all_cases, "3d_sfr_retrained", device, fold="all"),
+        },
     ]
+    if compare_stock_planning:
+        stock = ws.raw / f"Dataset{STOCK_PLANNED_ID}_SFRPseudoStockPlans"
+        shutil.rmtree(stock, ignore_errors=True)
+        shutil.rmtree(ws.preprocessed / stock.name, ignore_errors=True)
+        shutil.copytree(pseudo, stock)
+        plan_and_preprocess(ws, STOCK_PLANNED_ID)
+        result = _train(ws, STOCK_PLANNED_ID, retrain_trainer, all_cases, "3d_sfr_retrained", device, fold="all")
+        rows.append({"model": retrain_trainer, "trained on": f"{mixed}, planned from scratch (fold all)", **result})
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    lines = ["| model | trained on | mean Dice | artery | vein |", "|---|---|---|---|---|"]
+    for row in rows:
+        dice = row["per_class_dice"]
+        lines.append(
+            f"| {row['model']} | {row['trained on']} | {row['mean_dice']:.4f} | "
+            f"{dice.get('1', 0):.4f} | {dice.get('2', 0):.4f} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,12 +159,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", default="sfr_run")
     parser.add_argument("--labelled", type=int, default=3)
     parser.add_argument("--unlabelled", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--retrain-trainer", default="nnUNetTrainerFMUNet")
     parser.add_argument("--keep-fraction", type=float, default=0.75)
     parser.add_argument("--voxel-threshold", type=float, default=0.7)
+    parser.add_argument(
+        "--no-stock-planning", action="store_true", help="skip the re-training on a from-scratch planned copy"
+    )
     args = parser.parse_args(argv)
     workdir = Path(args.workdir).resolve()
     rows = run(
@@ -121,12 +180,12 @@ def main(argv: list[str] | None = None) -> None:
         args.retrain_trainer,
         args.keep_fraction,
         args.voxel_threshold,
+        not args.no_stock_planning,
     )
     atomic_write_json(workdir / "sfr_report.json", {"arguments": vars(args), "rows": rows})
-    print("| model | mean Dice | class 1 | class 2 |\n|---|---|---|---|")
-    for row in rows:
-        dice = row["per_class_dice"]
-        print(f"| {row['model']} | {row['mean_dice']:.4f} | {dice.get('1', 0):.4f} | {dice.get('2', 0):.4f} |")
+    table = to_markdown(rows)
+    atomic_write_text(workdir / "sfr_report.md", table + "\n")
+    print(table)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from nnunet_fm.demo import add_plans
-from nnunet_fm.pipeline import mean_dice, plan_and_preprocess, predict, train_predict_evaluate
+from nnunet_fm.pipeline import mean_dice, plan_like_source, predict, train_predict_evaluate
 
 pytestmark = pytest.mark.e2e
 DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)
@@ -158,8 +158,18 @@ def test_stock_trainer_selects_lightmedseg_through_network_class_name(planned_wo
     _check_scores(scores)
 
 
+def _pseudolabel(ws, model, fold, unlabelled, out_id, *selection):
+    return ws.run(
+        "nnunet-fm",
+        *("pseudolabel", "-m", str(model), "-f", fold, "-i", str(unlabelled), "--out-id", str(out_id), "--disable_tta"),
+        *selection,
+    )
+
+
 def test_pseudolabel_then_retrain_with_stock_commands(planned_workspace, ffa_model):
-    """K-shot FFA -> nnunet-fm pseudolabel -> plan/preprocess (integrity check) -> re-train -> predict -> evaluate."""
+    """K-shot FFA -> nnunet-fm pseudolabel -> plan like the source (integrity check) -> re-train LightMedSeg and
+    FFA on every case (fold all) -> predict -> evaluate; then a second round pseudo-labels from the re-trained FFA.
+    """
     ws = planned_workspace
     source = ws.dataset_folder(DATASET_ID)
     model = _model_folder(ws, "nnUNetTrainerDINOv3FFA", ffa_model[0])
@@ -171,35 +181,41 @@ def test_pseudolabel_then_retrain_with_stock_commands(planned_workspace, ffa_mod
             shutil.copy(image, unlabelled / image.name)
     before = {p: p.stat().st_mtime_ns for p in source.rglob("*")}
 
-    def pseudolabel(*selection: str) -> str:
-        return ws.run(
-            "nnunet-fm",
-            "pseudolabel",
-            "-m",
-            str(model),
-            "-i",
-            str(unlabelled),
-            "--out-id",
-            "952",
-            "--disable_tta",
-            *selection,
-        )
-
     with pytest.raises(RuntimeError, match="No case passed the selection"):
-        pseudolabel("--case-threshold", "1.01")
+        _pseudolabel(ws, model, "0", unlabelled, 952, "--case-threshold", "1.01")
     assert not list(ws.raw.glob("Dataset952_*")) and not list(ws.raw.glob(".Dataset952*"))  # nothing written
-    output = pseudolabel("--keep-fraction", "1.0", "--voxel-threshold", "0.6")
-    assert "pseudo-labelled" in output
+    output = _pseudolabel(ws, model, "0", unlabelled, 952, "--keep-fraction", "1.0", "--voxel-threshold", "0.6")
+    assert "pseudo-labelled" in output and "nnUNetv2_move_plans_between_datasets -s 951 -t 952" in output
     assert {p: p.stat().st_mtime_ns for p in source.rglob("*")} == before  # source dataset untouched
     new = ws.dataset_folder(952)
     meta = json.loads((new / "dataset.json").read_text())
     assert meta["labels"]["ignore"] == 3 and meta["numTraining"] == len(list((new / "labelsTr").iterdir()))
     manifest = json.loads((new / "pseudolabel_manifest.json").read_text())
     assert set(manifest["labelled_cases"]) == few_shot and any(c["kept"] for c in manifest["pseudo_cases"])
-    plan_and_preprocess(ws, 952)
+    assert manifest["round"] == 1
+    plan_like_source(ws, DATASET_ID, 952)  # runs --verify_dataset_integrity on the new dataset
+    plans = [json.loads((ws.preprocessed / d.name / "nnUNetPlans.json").read_text()) for d in (source, new)]
+    key = "foreground_intensity_properties_per_channel"
+    assert plans[1][key] == plans[0][key] and plans[1]["dataset_name"] == new.name
+    (new / "imagesTs").symlink_to(source / "imagesTs")
+    (new / "labelsTs").symlink_to(source / "labelsTs")
     configuration = add_plans(ws, 952, "lightmedseg", [*SHORT[:3], "batch_size=2"])
-    folder_952 = ws.dataset_folder(952)
-    (folder_952 / "imagesTs").symlink_to(source / "imagesTs")
-    (folder_952 / "labelsTs").symlink_to(source / "labelsTs")
-    scores = train_predict_evaluate(ws, 952, configuration, "nnUNetTrainerLightMedSeg", predict_args=("--disable_tta",))
+    scores = train_predict_evaluate(
+        ws, 952, configuration, "nnUNetTrainerLightMedSeg", "all", predict_args=("--disable_tta",)
+    )
     _check_scores(scores)
+
+    # round 2: FFA re-trained on every case of round 1 labels again; truth still comes from the original dataset
+    schedule = ["num_epochs=2", "num_iterations_per_epoch=6", "num_val_iterations_per_epoch=1", "few_shot_k=null"]
+    ffa = add_plans(ws, 952, "dinov3_ffa", [*schedule, *TINY_ENCODER, "patch_size=[16,64,64]", "arch.agg_heads=2"])
+    ws.run("nnUNetv2_train", "952", ffa, "all", "-tr", "nnUNetTrainerDINOv3FFA", "-device", "cpu")
+    model_two = ws.results / new.name / f"nnUNetTrainerDINOv3FFA__nnUNetPlans__{ffa}"
+    _pseudolabel(ws, model_two, "all", unlabelled, 953, "--keep-fraction", "1.0", "--voxel-threshold", "0.6")
+    round_two = ws.dataset_folder(953)
+    manifest_two = json.loads((round_two / "pseudolabel_manifest.json").read_text())
+    assert manifest_two["round"] == 2 and manifest_two["source_dataset"] == str(source)
+    assert set(manifest_two["labelled_cases"]) == few_shot
+    labels = sorted(p.name for p in (round_two / "labelsTr").iterdir())
+    assert not [name for name in labels if name.startswith("pl_pl_")] and len(labels) == len(set(labels))
+    assert json.loads((round_two / "dataset.json").read_text())["labels"]["ignore"] == 3
+    plan_like_source(ws, 952, 953)

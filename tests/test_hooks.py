@@ -1,6 +1,7 @@
 """Trainer hooks, checked with numbers: class weights, prior bias, slice masking, few-shot, schedule, filter."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -107,16 +108,17 @@ class _Split:
 
 class _FakeTrainer(FewShotMixin, _Split):
     local_rank, fold = 0, 0
+    plans_manager = SimpleNamespace(dataset_name="Dataset601_PL")
 
     def __init__(self, folder, k, seed, tr):
-        self.output_folder, self.tr = str(folder), tr
+        self.output_folder, self.tr, self.log = str(folder), tr, []
         self.options = {"few_shot_k": k, "few_shot_seed": seed, "drop_empty": False}
 
     def fm_option(self, name):
         return self.options[name]
 
     def print_to_log_file(self, *args, **kwargs):
-        pass
+        self.log.append(" ".join(str(a) for a in args))
 
 
 def test_few_shot_subset_is_recorded_and_stable_across_resume(tmp_path):
@@ -130,6 +132,19 @@ def test_few_shot_subset_is_recorded_and_stable_across_resume(tmp_path):
     assert again == first
     with pytest.raises(UserInputError, match="few_shot_k=3"):
         _FakeTrainer(tmp_path, 4, 1, cases).do_split()
+
+
+def test_few_shot_on_a_pseudo_labelled_dataset_is_logged_as_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    (tmp_path / "raw" / "Dataset601_PL").mkdir(parents=True)
+    trainer = _FakeTrainer(tmp_path, 3, 0, [f"case{i}" for i in range(8)])
+    trainer.do_split()
+    assert not any("pseudo-labelled" in line for line in trainer.log)
+    (tmp_path / "raw" / "Dataset601_PL" / "pseudolabel_manifest.json").write_text("{}")
+    (tmp_path / RECORD_NAME).unlink()
+    trainer = _FakeTrainer(tmp_path, 3, 0, [f"case{i}" for i in range(8)])
+    trainer.do_split()
+    assert any("few_shot_k=3 keeps only 3 of 8" in line for line in trainer.log)
 
 
 def test_warmup_then_cosine_schedule():

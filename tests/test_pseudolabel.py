@@ -1,10 +1,23 @@
-"""Pseudo-label scoring, selection, voxel filtering and bad input (nothing written)."""
+"""Pseudo-label scoring, selection, voxel filtering, rounds and bad input (nothing written)."""
+
+import json
 
 import numpy as np
 import pytest
 
 from nnunet_fm.errors import UserInputError
-from nnunet_fm.pseudolabel import CaseScore, case_confidence, check_unlabelled_folder, confident_labels, select_cases
+from nnunet_fm.pseudolabel import (
+    MANIFEST_NAME,
+    CaseScore,
+    case_confidence,
+    check_unlabelled_folder,
+    confident_labels,
+    ignore_label_value,
+    labelled_source,
+    next_steps,
+    pseudolabel,
+    select_cases,
+)
 
 META = {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "a": 1}, "file_ending": ".nii.gz"}
 
@@ -45,3 +58,59 @@ def test_unlabelled_folder_must_match_channels_and_file_ending(tmp_path):
         check_unlabelled_folder(tmp_path, META)
     with pytest.raises(UserInputError, match="does not exist"):
         check_unlabelled_folder(tmp_path / "missing", META)
+
+
+def test_ignore_label_is_declared_only_when_needed():
+    classes = {"labels": {"background": 0, "artery": 1, "vein": 2}}
+    assert ignore_label_value(classes, 0.0) is None  # no threshold: nothing ignored, nothing declared
+    assert ignore_label_value(classes, 0.7) == 3
+    assert ignore_label_value({"labels": {**classes["labels"], "ignore": 5}}, 0.0) == 5  # the dataset's own
+
+
+def _dataset(raw, name, cases, labels=None):
+    folder = raw / name
+    (folder / "imagesTr").mkdir(parents=True)
+    for case in cases:
+        (folder / "imagesTr" / f"{case}_0000.nii.gz").write_bytes(b"")
+    meta = {"channel_names": {"0": "CT"}, "labels": labels or {"background": 0, "a": 1}, "file_ending": ".nii.gz"}
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_later_rounds_copy_the_original_labelled_cases_not_earlier_pseudo_labels(tmp_path, monkeypatch):
+    raw, results = tmp_path / "raw", tmp_path / "results"
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    original = _dataset(raw, "Dataset501_X", ["c1", "c2", "c3"])
+    model = results / "Dataset501_X" / "T__nnUNetPlans__3d"
+    (model / "fold_0").mkdir(parents=True)
+    (model / "fold_0" / "fewshot_cases.json").write_text(json.dumps({"cases": ["c2"]}))
+    first = labelled_source(model, "0", ".nii.gz")
+    assert (first.folder, first.cases, first.round) == (original, ["c2"], 0)
+
+    labels = {"background": 0, "a": 1, "ignore": 2}
+    round_one = _dataset(raw, "Dataset601_PL", ["c2", "pl_u1"], labels)
+    manifest = {"round": 1, "source_dataset": str(original), "labelled_cases": ["c2"]}
+    (round_one / MANIFEST_NAME).write_text(json.dumps(manifest))
+    model_one = results / "Dataset601_PL" / "T__nnUNetPlans__3d"
+    (model_one / "fold_all").mkdir(parents=True)
+    second = labelled_source(model_one, "all", ".nii.gz")
+    assert (second.folder, second.cases, second.round) == (original, ["c2"], 1)
+    assert "ignore" not in second.dataset_json["labels"]  # the original's label set, not round one's
+
+    original.joinpath("dataset.json").unlink()
+    with pytest.raises(UserInputError, match="no longer exists"):
+        labelled_source(model_one, "all", ".nii.gz")
+
+
+def test_bad_voxel_threshold_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path))
+    with pytest.raises(UserInputError, match=r"--voxel-threshold must be in \[0, 1\)"):
+        pseudolabel(tmp_path / "model", tmp_path, 601, voxel_threshold=1.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_next_steps_plan_the_new_dataset_like_the_models_dataset(tmp_path):
+    model = tmp_path / "Dataset501_X" / "nnUNetTrainerDINOv3FFA__nnUNetResEncUNetMPlans__3d_fm"
+    steps = next_steps(model, tmp_path / "Dataset601_PL")
+    assert "nnUNetv2_move_plans_between_datasets -s 501 -t 601 -sp nnUNetResEncUNetMPlans" in steps
+    assert "nnUNetv2_train 601 3d_fullres all -p nnUNetResEncUNetMPlans --npz" in steps

@@ -44,9 +44,23 @@ class FewShotMixin:
             self.print_to_log_file(
                 f"WARNING: few_shot_k={k} but only {len(candidates)} usable training cases; using all of them."
             )
+        if k is not None:
+            self._fm_warn_if_pseudo_labelled(int(k), len(candidates))
         chosen = self._fm_recorded_or_new(candidates, None if k is None else int(k), seed)
         self._fm_split = (chosen, list(val_keys))
         return self._fm_split
+
+    def _fm_warn_if_pseudo_labelled(self, k: int, num_candidates: int) -> None:
+        """Few-shot sampling on a pseudo-labelled dataset is almost always a configuration carried over by mistake."""
+        from nnunetv2.paths import nnUNet_raw
+
+        from nnunet_fm.pseudolabel import MANIFEST_NAME
+
+        if nnUNet_raw and (Path(nnUNet_raw) / self.plans_manager.dataset_name / MANIFEST_NAME).is_file():
+            self.print_to_log_file(
+                f"WARNING: {self.plans_manager.dataset_name} is pseudo-labelled but few_shot_k={k} keeps only {k} "
+                f"of {num_candidates} training cases; re-add the configuration with few_shot_k=null."
+            )
 
     def _fm_drop_empty(self, keys: list[str]) -> list[str]:
         dataset = self.dataset_class(self.preprocessed_dataset_folder, list(keys))
