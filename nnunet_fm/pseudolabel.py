@@ -3,9 +3,10 @@
 Confidence of a case = mean max-class probability over the voxels the model labels as foreground (a case
 with no predicted foreground scores 0). With a voxel threshold > 0, kept cases get voxels whose max
 probability is below it marked with nnU-Net's ignore label (the highest label value, named "ignore"; not
-declared at all without a threshold, so nnU-Net samples and plans exactly as for a fully labelled set). The new dataset
-holds the labelled cases the model was trained on plus the kept pseudo-labelled cases, and a manifest.
-Source datasets are only read; the new dataset is built in a temporary folder and renamed into place.
+declared without a threshold, so nnU-Net samples exactly as for a fully labelled set). The new dataset
+holds the labelled cases the model was trained on plus the kept pseudo-labelled cases, and a manifest;
+for a model trained on an earlier round, the labelled cases come from the original dataset the manifest
+names. Source datasets are only read; the new dataset is built in a temporary folder and renamed into place.
 """
 
 from __future__ import annotations
