@@ -2,7 +2,8 @@
 
     python -m nnunet_fm.sfr_report --workdir sfr_run [--labelled 3] [--unlabelled 6] [--epochs 20] [--device cpu]
 
-1. K-shot nnUNetTrainerDINOv3FFA (fold 0) on a synthetic vessel dataset (the other training cases are unlabelled);
+1. a K-shot teacher (default nnUNetTrainerDINOv3FFA, fold 0) on a synthetic vessel dataset (the other training
+   cases are unlabelled);
 2. ``nnunet-fm pseudolabel`` on the unlabelled cases -> a new dataset with the ignore label; the kept
    pseudo-labels are scored against the true labels the demo hid from them;
 3. the new dataset planned with the source dataset's plans (``pipeline.plan_like_source``) and, for
@@ -93,6 +94,7 @@ def run(
     keep_fraction: float,
     voxel_threshold: float,
     compare_stock_planning: bool = True,
+    teacher: str = FLAGSHIP["trainer"],
 ) -> list[dict]:
     ws = Workspace(workdir, log=workdir / "commands.log")
     source = prepare_dataset(ws, SOURCE_ID, num_train=labelled + unlabelled, num_test=4, seed=11)
@@ -102,8 +104,9 @@ def run(
         "num_val_iterations_per_epoch=1",
         f"few_shot_k={labelled}",
     ]
-    fm = _train(ws, SOURCE_ID, FLAGSHIP["trainer"], schedule, "3d_sfr_fm", device)
-    model = ws.results / source.name / f"{FLAGSHIP['trainer']}__nnUNetPlans__3d_sfr_fm"
+    teacher = template_for_trainer(teacher)[1]
+    fm = _train(ws, SOURCE_ID, teacher, schedule, "3d_sfr_teacher", device)
+    model = ws.results / source.name / f"{teacher}__nnUNetPlans__3d_sfr_teacher"
     few_shot = set(json.loads((model / "fold_0" / "fewshot_cases.json").read_text())["cases"])
     pool = ws.root / "unlabelled"
     shutil.rmtree(pool, ignore_errors=True)
@@ -119,12 +122,16 @@ def run(
     all_cases = [*schedule[:3], "few_shot_k=null"]
     mixed = f"{labelled} labelled + {kept} pseudo-labelled"
     rows = [
-        {"model": f"{FLAGSHIP['trainer']}", "trained on": f"{labelled} labelled (fold 0)", **fm},
+        {"model": f"{teacher} (teacher)", "trained on": f"{labelled} labelled (fold 0)", **fm},
         {"model": "pseudo-labels vs hidden truth", "trained on": f"{kept} kept", **pseudo_label_dice(pseudo, source)},
         {
             "model": retrain_trainer,
             "trained on": f"{labelled} labelled (fold 0)",
-            **_train(ws, SOURCE_ID, retrain_trainer, schedule, "3d_sfr_baseline", device),
+            **(
+                fm
+                if template_for_trainer(retrain_trainer)[1] == teacher  # the teacher run is this baseline
+                else _train(ws, SOURCE_ID, retrain_trainer, schedule, "3d_sfr_baseline", device)
+            ),
         },
         {
             "model": retrain_trainer,
@@ -162,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--teacher", default=FLAGSHIP["trainer"], help="few-shot model that pseudo-labels")
     parser.add_argument("--retrain-trainer", default="nnUNetTrainerFMUNet")
     parser.add_argument("--keep-fraction", type=float, default=0.75)
     parser.add_argument("--voxel-threshold", type=float, default=0.7)
@@ -181,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         args.keep_fraction,
         args.voxel_threshold,
         not args.no_stock_planning,
+        args.teacher,
     )
     atomic_write_json(workdir / "sfr_report.json", {"arguments": vars(args), "rows": rows})
     table = to_markdown(rows)
