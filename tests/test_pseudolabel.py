@@ -114,3 +114,23 @@ def test_next_steps_plan_the_new_dataset_like_the_models_dataset(tmp_path):
     steps = next_steps(model, tmp_path / "Dataset601_PL")
     assert "nnUNetv2_move_plans_between_datasets -s 501 -t 601 -sp nnUNetResEncUNetMPlans" in steps
     assert "nnUNetv2_train 601 3d_fullres all -p nnUNetResEncUNetMPlans --npz" in steps
+
+
+def test_pseudo_label_dice_scores_kept_cases_over_annotated_voxels(tmp_path):
+    import SimpleITK as sitk
+
+    from nnunet_fm.sfr_report import pseudo_label_dice
+
+    source, pseudo = tmp_path / "src", tmp_path / "pl"
+    for folder in (source / "labelsTr", pseudo / "labelsTr"):
+        folder.mkdir(parents=True)
+    truth = np.array([[[0, 1, 1, 2, 2, 0]]], dtype=np.uint8)
+    guess = np.array([[[0, 1, 3, 2, 0, 0]]], dtype=np.uint8)  # voxel 2 ignored, voxel 4 misses class 2
+    sitk.WriteImage(sitk.GetImageFromArray(truth), str(source / "labelsTr" / "u1.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(guess), str(pseudo / "labelsTr" / "pl_u1.nii.gz"))
+    meta = {"labels": {"background": 0, "a": 1, "b": 2, "ignore": 3}, "file_ending": ".nii.gz"}
+    (pseudo / "dataset.json").write_text(json.dumps(meta))
+    cases = [{"case": "u1", "new_id": "pl_u1", "kept": True}, {"case": "u2", "new_id": "pl_u2", "kept": False}]
+    (pseudo / MANIFEST_NAME).write_text(json.dumps({"pseudo_cases": cases}))
+    scores = pseudo_label_dice(pseudo, source)
+    assert scores["per_class_dice"] == {"1": 1.0, "2": pytest.approx(2 / 3, abs=1e-4)}
