@@ -260,9 +260,11 @@ def pseudolabel(
 
 def next_steps(model_folder: str | Path, dataset_folder: str | Path) -> str:
     """The stock commands that plan the new dataset like the model's own and re-train on all of its cases."""
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+
     model_folder, dataset_folder = Path(model_folder), Path(dataset_folder)
-    source_id = int(model_folder.parent.name[len("Dataset") :].split("_")[0])
-    target_id = int(dataset_folder.name[len("Dataset") :].split("_")[0])
+    source_id = convert_dataset_name_to_id(model_folder.parent.name)
+    target_id = convert_dataset_name_to_id(dataset_folder.name)
     plans = model_folder.name.split("__")[1]
     return "\n".join(
         [
