@@ -49,6 +49,8 @@ def _read(path: Path) -> np.ndarray:
 
 def pseudo_label_dice(pseudo_dataset: Path, source_dataset: Path) -> dict:
     """Dice of the kept pseudo-labels against the source's true labels, over voxels not set to ignore."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
+
     manifest = json.loads((pseudo_dataset / MANIFEST_NAME).read_text())
     meta = json.loads((pseudo_dataset / "dataset.json").read_text())
     ending, ignore = meta["file_ending"], meta["labels"].get("ignore")
@@ -57,12 +59,11 @@ def pseudo_label_dice(pseudo_dataset: Path, source_dataset: Path) -> dict:
     for case in (c for c in manifest["pseudo_cases"] if c["kept"]):
         pseudo = _read(pseudo_dataset / "labelsTr" / f"{case['new_id']}{ending}")
         truth = _read(source_dataset / "labelsTr" / f"{case['case']}{ending}")
-        annotated = pseudo != ignore if ignore is not None else np.ones_like(pseudo, dtype=bool)
+        ignored = pseudo == ignore if ignore is not None else None
         scores = []
         for c in classes:
-            a, b = (pseudo == c) & annotated, (truth == c) & annotated
-            denominator = a.sum() + b.sum()
-            scores.append(2.0 * (a & b).sum() / denominator if denominator else 1.0)
+            tp, fp, fn, _ = compute_tp_fp_fn_tn(truth == c, pseudo == c, ignored)
+            scores.append(2.0 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0)
         per_case.append(scores)
     mean = np.mean(per_case, axis=0)
     return {
