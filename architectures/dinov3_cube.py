@@ -39,7 +39,8 @@ import torch
 from torch import Tensor, nn
 
 from nnunet_fm.blocks import ConvNormAct, upsample_inplane
-from nnunet_fm.encoders import FrozenDINOv3, zchannel_slices
+from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenDINOv3, zchannel_slices
+from nnunet_fm.options import SIGNATURE, Option
 
 __all__ = ["CubeDepthEmbedding", "CubeHead", "DINOv3Cube", "valid_cube_sizes"]
 
@@ -129,14 +130,12 @@ class CubeHead(nn.Module):
 class DINOv3Cube(nn.Module):
     """Sub-cube segmentation network on a frozen DINOv3 encoder (see the module docstring)."""
 
-    plans_keys = (
-        "encoder",
-        "encoder_kwargs",
-        "taps",
-        "vit_chunk_slices",
-        "vit_amp",
-        "cube_size",
-        "separate_arms",
+    fm_options = (
+        *ENCODER_OPTIONS,
+        Option(
+            "cube_size", SIGNATURE, "Sub-cube size [D, H, W] (null = one cube = the whole patch).", "int_list", True
+        ),
+        Option("separate_arms", SIGNATURE, "One decoding arm per cube position instead of a shared one.", "bool"),
     )
 
     def __init__(

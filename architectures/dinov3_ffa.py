@@ -23,7 +23,7 @@ from nnunet_fm.blocks import (
     UpBlock3d,
     resize_inplane,
 )
-from nnunet_fm.encoders import FrozenDINOv3, zchannel_slices
+from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenDINOv3, zchannel_slices
 from nnunet_fm.ffa import ParallelFFAAggregator
 
 __all__ = ["ChunkedHRHead2d", "DINOv3FFA", "DepthGatedRefineHead", "UNETRLiteDecoder"]
@@ -148,9 +148,9 @@ class DINOv3FFA(nn.Module):
       by the encoder.
     * the adapter sees all ``C_in`` input channels as given (nnU-Net-normalised) plus ``z``.
 
-    Taps: ``taps`` are 0-based ViT block indices; only the LAST THREE are requested from the encoder
-    and aggregated (earlier entries are ignored; the reference lists four but uses three). They
-    play the roles of the reference blocks 5, 8 and 11 (low, mid, high).
+    Taps: ``taps`` are the three 0-based ViT blocks aggregated, in the roles of the reference's blocks
+    5, 8 and 11 (low, mid, high). The reference also taps block 2 but never uses its aggregate
+    downstream, so it is not computed here.
 
     Flow: encoder taps -> aggregator (shared core, per-tap FiLM) -> decoder (bottom = high tap,
     skip = mid tap, gated skip = low tap + adapter F3) -> logits at 1/4 -> depth-gated refine head
@@ -159,8 +159,7 @@ class DINOv3FFA(nn.Module):
     The constructor never loads encoder weights; call ``network.encoder.load_weights(...)``.
     """
 
-    #: constructor arguments the trainer fills from top-level plans keys
-    plans_keys = ("encoder", "encoder_kwargs", "taps", "vit_chunk_slices", "vit_amp")
+    fm_options = ENCODER_OPTIONS
 
     def __init__(
         self,
@@ -168,7 +167,7 @@ class DINOv3FFA(nn.Module):
         num_classes: int,
         encoder: str = "vit_small_patch16_dinov3",
         encoder_kwargs: dict | None = None,
-        taps: Sequence[int] = (1, 4, 7, 10),
+        taps: Sequence[int] = (4, 7, 10),
         vit_chunk_slices: int = 8,
         vit_amp: bool = False,
         adapter_channels: Sequence[int] = (48, 64),
@@ -190,8 +189,8 @@ class DINOv3FFA(nn.Module):
     ) -> None:
         super().__init__()
         taps = tuple(int(t) for t in taps)
-        if len(taps) < 3:
-            raise ValueError(f"DINOv3FFA needs at least 3 taps (the last three are used), got {taps}")
+        if len(taps) != 3:
+            raise ValueError(f"DINOv3FFA aggregates exactly 3 taps (low, mid, high ViT blocks), got {taps}")
         if input_channels < 1 or num_classes < 1:
             raise ValueError(f"bad input_channels={input_channels} / num_classes={num_classes}")
         adapter_channels = tuple(int(c) for c in adapter_channels)
@@ -200,11 +199,10 @@ class DINOv3FFA(nn.Module):
         self.input_channels = int(input_channels)
         self.num_classes = int(num_classes)
         self.taps = taps
-        self.used_taps = taps[-3:]
 
         self.encoder = FrozenDINOv3(
             encoder,
-            taps=self.used_taps,
+            taps=taps,
             weights=None,
             chunk_slices=vit_chunk_slices,
             amp=vit_amp,

@@ -183,7 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--template", required=True, help="template name (see `nnunet-fm plans list`)")
     add.add_argument("--name", help="configuration name (default: the template's)")
     add.add_argument("--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    add.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override documented keys (JSON values)")
+    add.add_argument(
+        "--set",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set options the template's trainer or network reads (JSON values); repeatable",
+    )
     add.set_defaults(func=_cmd_plans_add)
     plans.add_parser("list", help="list templates, their keys and defaults").set_defaults(func=_cmd_plans_list)
 
@@ -232,7 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--iterations", type=int)
     experiment.add_argument("--device", default="cuda")
     experiment.add_argument("--out", default="fewshot_experiment", help="folder for predictions and reports")
-    experiment.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra plans keys for every run")
+    experiment.add_argument(
+        "--set",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra plans keys for every run (TRAINER:KEY=VALUE for one trainer); repeatable",
+    )
     experiment.set_defaults(func=_cmd_experiment)
 
     best = sub.add_parser("find-best", help="nnU-Net's find_best_configuration over explicit trainer:config pairs")

@@ -16,9 +16,9 @@ FLAGSHIP = {
     "trainer": "nnUNetTrainerDINOv3FFA",
     "set": [
         'encoder_kwargs={"embed_dim":64,"depth":4,"num_heads":2}',
-        "taps=[0,1,2,3]",
+        "taps=[1,2,3]",
         "encoder_weights=none",
-        "arch.agg_heads=2",
+        "agg_heads=2",
         "few_shot_k=5",
     ],
 }

@@ -14,6 +14,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from nnunet_fm import encoder_weights as ew
+from nnunet_fm.options import SIGNATURE, Option
 
 __all__ = [
     "ENCODER_WEIGHTS_ENV_VAR",
@@ -27,6 +28,22 @@ __all__ = [
 ENCODER_WEIGHTS_ENV_VAR = "nnUNet_fm_encoder_weights"
 
 _MAX_KEYS_SHOWN = 5
+
+
+#: network options of every network built on FrozenDINOv3 (defaults: the network constructor's)
+ENCODER_OPTIONS = (
+    Option("encoder", SIGNATURE, "timm DINOv3 model name.", "str"),
+    Option(
+        "encoder_kwargs",
+        SIGNATURE,
+        "Extra kwargs for timm.create_model (e.g. tiny test encoders).",
+        "dict",
+        nullable=True,
+    ),
+    Option("taps", SIGNATURE, "0-based ViT blocks whose outputs the network uses.", "int_list"),
+    Option("vit_chunk_slices", SIGNATURE, "Slices per frozen-encoder chunk (bounds memory).", "int", minimum=1),
+    Option("vit_amp", SIGNATURE, "Run the frozen encoder under bf16 autocast.", "bool"),
+)
 
 
 def resolve_weights_spec(value: str | None) -> str:

@@ -1,83 +1,209 @@
-"""Every plans key a plugin trainer reads: one registry for defaults, help text and ``--set`` validation.
+"""Declared options: every plans key a trainer hook or a network reads, declared once where it is read.
 
-Trainers read these keys from their plans configuration (top level of ``configurations[NAME]``); a key
-missing there falls back to the trainer's class default, which falls back to the default below.
+A hook mixin (or trainer) declares the keys it reads in ``fm_options``; a trainer family changes a default in
+``fm_defaults`` and a trainer variant pins a value in ``fm_fixed``. A network declares its constructor keys in
+``fm_options`` with ``default=SIGNATURE`` (the constructor's default is the one source). Trainer keys live at
+the top level of the plans configuration, network keys in ``architecture.arch_kwargs`` (nnU-Net's place for
+them), so each key has one meaning and one place.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import json
 from dataclasses import dataclass
 from typing import Any
+
+from nnunet_fm.errors import UserInputError
+
+
+class _Signature:
+    def __repr__(self) -> str:
+        return "SIGNATURE"
+
+
+SIGNATURE: Any = _Signature()
+"""Default of a network option: the network constructor's default for the same-named parameter."""
+
+_KINDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "int_list": "a JSON list of integers",
+    "list": "a JSON list",
+    "dict": "a JSON object",
+    "any": "any JSON value",
+}
 
 
 @dataclass(frozen=True)
 class Option:
-    """One documented plans key."""
+    """One plans key: name, default, one-line help and the values it accepts."""
 
     name: str
     default: Any
     help: str
+    kind: str = "any"
+    nullable: bool = False
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"Option {self.name}: unknown kind {self.kind!r}; one of {sorted(_KINDS)}.")
+
+    def describe_values(self) -> str:
+        """The accepted values, in words (for error messages and ``plans list``)."""
+        text = " or ".join(json.dumps(c) for c in self.choices) if self.choices else _KINDS[self.kind]
+        if self.minimum is not None or self.maximum is not None:
+            text += f" in [{self.minimum if self.minimum is not None else '-inf'}, "
+            text += f"{self.maximum if self.maximum is not None else 'inf'}]"
+        return text + (" or null" if self.nullable and not self.choices else "")
+
+    def check(self, value: Any, where: str = "") -> Any:
+        """``value`` when it is acceptable, else a UserInputError naming the key, the value and what is accepted."""
+        if self._accepts(value):
+            return value
+        place = f" ({where})" if where else ""
+        raise UserInputError(
+            f"{self.name}={json.dumps(value) if _jsonable(value) else repr(value)}{place} is not valid: expected "
+            f"{self.describe_values()}. {self.help}"
+        )
+
+    def _accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable or (self.choices is not None and None in self.choices)
+        if self.choices is not None:
+            return any(value == choice and type(value) is type(choice) for choice in self.choices)
+        if self.kind == "any":
+            return True
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.kind == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif self.kind == "str":
+            return isinstance(value, str)
+        elif self.kind == "int_list":
+            return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        elif self.kind == "list":
+            return isinstance(value, list)
+        else:
+            return isinstance(value, dict)
+        if not ok:
+            return False
+        return (self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
 
 
-_OPTIONS = [
-    # schedule
-    Option("num_epochs", 1000, "Training epochs (nnU-Net default 1000)."),
-    Option("num_iterations_per_epoch", 250, "Training iterations per epoch."),
-    Option("num_val_iterations_per_epoch", 50, "Validation iterations per epoch (pseudo-Dice)."),
-    Option("save_every", 50, "Write checkpoint_latest.pth every N epochs."),
-    Option("initial_lr", 5e-3, "Peak learning rate of AdamW (after warmup)."),
-    Option("weight_decay", 0.05, "AdamW weight decay."),
-    Option(
-        "warmup_epochs",
-        50,
-        "Linear warmup epochs before cosine decay (clipped to num_epochs // 10 minimum 1 when num_epochs is small).",
-    ),
-    Option("grad_clip", 1.0, "Gradient-norm clipping threshold."),
-    Option(
-        "amp_dtype",
-        "bfloat16",
-        "Autocast dtype on CUDA: 'bfloat16' or 'float16' (float16 uses nnU-Net's grad scaler). CPU never autocasts.",
-    ),
-    Option("compile", False, "torch.compile the network on CUDA (off by default: frozen ViTs gain little)."),
-    # few-shot sampling and patch filtering
-    Option("few_shot_k", None, "Train on K labelled cases of the fold (null = all). Recorded in fewshot_cases.json."),
-    Option("few_shot_seed", 0, "Seed of the deterministic few-shot case choice."),
-    Option("drop_empty", True, "Skip training cases without any foreground voxel."),
-    Option("min_fg_frac", 0.0, "Re-draw training patches whose foreground fraction is below this (bounded retries)."),
-    Option("min_fg_retries", 10, "Maximum re-draws per batch for min_fg_frac."),
-    # loss
-    Option(
-        "depth_min_fg_frac",
-        0.0005,
-        "Slices whose foreground fraction is below this contribute nothing to CE or Dice (0 disables).",
-    ),
-    Option("bg_weight", 0.05, "Cross-entropy weight of the background class."),
-    Option("use_mfb", True, "Median-frequency balancing of cross-entropy class weights."),
-    Option("init_prior_bias", True, "Initialise classifier biases to log class frequency."),
-    Option("logit_clamp", 20.0, "Clamp logits to +-this before the loss (computed in fp32)."),
-    # frozen encoder
-    Option("encoder", "vit_small_patch16_dinov3", "timm DINOv3 model name."),
-    Option("encoder_kwargs", {}, "Extra kwargs for timm.create_model (e.g. tiny test encoders)."),
-    Option(
-        "encoder_weights",
-        None,
-        "'hub', a local weights file (timm / Meta / HF-transformers), or 'none'. "
-        "Unset: env nnUNet_fm_encoder_weights, else 'hub'.",
-    ),
-    Option("taps", [1, 4, 7, 10], "0-based ViT block indices to tap."),
-    Option("vit_chunk_slices", 8, "Slices per frozen-encoder chunk (bounds memory)."),
-    Option("vit_amp", False, "Run the frozen encoder under bf16 autocast."),
-    # sub-cube model
-    Option("cube_size", None, "Sub-cube size [D, H, W] (null = one cube = the whole patch)."),
-    Option("separate_arms", False, "One decoding head per cube position instead of a shared one."),
-    Option("two_pass", True, "Exact two-pass training at constant decoder memory (false = ordinary backprop)."),
-    # LightMedSeg loss
-    Option("boundary_weight", 1.0, "Weight of the boundary BCE term (LightMedSeg loss)."),
-]
-
-OPTIONS: dict[str, Option] = {o.name: o for o in _OPTIONS}
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
-def option_default(name: str) -> Any:
-    """Registry default of a plans key (KeyError for an unknown key)."""
-    return OPTIONS[name].default
+def _merged(cls: type, attribute: str) -> dict[str, Any]:
+    """``attribute`` dicts over the MRO, the most derived class winning."""
+    merged: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        merged.update(vars(klass).get(attribute, {}))
+    return merged
+
+
+def declared_options(cls: type) -> dict[str, Option]:
+    """Options a trainer or network class reads, with the class's own defaults applied.
+
+    Collected from ``fm_options`` over the MRO, less the names a class lists in ``fm_unread`` (options of a
+    hook it overrides); ``fm_defaults`` (merged, subclass wins) replaces declared
+    defaults. A default for an undeclared key is a programming error (TypeError).
+    """
+    options: dict[str, Option] = {}
+    for klass in reversed(cls.__mro__):
+        for option in vars(klass).get("fm_options", ()):
+            options[option.name] = option
+    for klass in cls.__mro__:
+        for name in vars(klass).get("fm_unread", ()):
+            options.pop(name, None)
+    defaults = _merged(cls, "fm_defaults")
+    unknown = sorted(set(defaults) - set(options))
+    if unknown:
+        raise TypeError(f"{cls.__name__}.fm_defaults sets undeclared option(s) {unknown}.")
+    for name, default in defaults.items():
+        options[name] = dataclasses.replace(options[name], default=default)
+    return options
+
+
+def fixed_options(cls: type) -> dict[str, Any]:
+    """Values a trainer variant pins (``fm_fixed``, merged over the MRO)."""
+    return _merged(cls, "fm_fixed")
+
+
+@dataclass(frozen=True)
+class EffectiveOption:
+    """An option's value for one configuration and where that value came from."""
+
+    option: Option
+    value: Any
+    source: str  # "fixed by <trainer>", "plans", "<trainer> default"
+
+
+def resolve_options(
+    options: dict[str, Option], stored: dict[str, Any], owner: str, fixed: dict[str, Any] | None = None
+) -> dict[str, EffectiveOption]:
+    """Effective value and source of each option, given the values ``stored`` in the plans and pinned ones."""
+    fixed = fixed or {}
+    resolved = {}
+    for name, option in options.items():
+        if name in fixed:
+            resolved[name] = EffectiveOption(option, fixed[name], f"fixed by {owner}")
+        elif name in stored:
+            resolved[name] = EffectiveOption(option, option.check(stored[name], "plans"), "plans")
+        else:
+            resolved[name] = EffectiveOption(option, option.default, f"{owner} default")
+    return resolved
+
+
+#: constructor parameters nnU-Net or the trainer fill in; never plans keys
+NETWORK_RUNTIME_PARAMETERS = frozenset({"self", "input_channels", "num_classes", "patch_size", "deep_supervision"})
+
+
+def _kind_of(default: Any) -> tuple[str, bool]:
+    if isinstance(default, bool):
+        return "bool", False
+    if isinstance(default, int):
+        return "int", False
+    if isinstance(default, float):
+        return "float", False
+    if isinstance(default, str):
+        return "str", False
+    if isinstance(default, (list, tuple)) and all(isinstance(v, int) for v in default):
+        return "int_list", False
+    if isinstance(default, (list, tuple)):
+        return "list", False
+    return "any", True
+
+
+def network_options(network_class: type) -> dict[str, Option]:
+    """Options of a network: its keyword constructor parameters (kind from the default) and ``fm_options``."""
+    declared = {o.name: o for o in vars(network_class).get("fm_options", ())}
+    helps = getattr(network_class, "fm_option_help", {})
+    options = {}
+    for name, parameter in inspect.signature(network_class).parameters.items():
+        if name in NETWORK_RUNTIME_PARAMETERS or parameter.default is inspect.Parameter.empty:
+            continue
+        default = list(parameter.default) if isinstance(parameter.default, tuple) else parameter.default
+        if name in declared:
+            options[name] = dataclasses.replace(declared[name], default=default)
+        else:
+            kind, nullable = _kind_of(default)
+            help_text = helps.get(name, f"{network_class.__name__}({name}=...), see its docstring.")
+            options[name] = Option(name, default, help_text, kind=kind, nullable=nullable or default is None)
+    missing = sorted(set(declared) - set(options))
+    if missing:
+        raise TypeError(f"{network_class.__name__}.fm_options declares {missing} but its constructor has no default.")
+    return options

@@ -16,23 +16,33 @@ from typing import Any
 
 from nnunet_fm.atomic_io import atomic_write_json, backup_file
 from nnunet_fm.errors import UserInputError
-from nnunet_fm.options import OPTIONS
-from nnunet_fm.templates import STRUCTURAL_KEYS, Template, load_template, resolve_patch
+from nnunet_fm.options import resolve_options
+from nnunet_fm.templates import STRUCTURAL_KEYS, Template, load_template, resolve_patch, template_names
 
 METADATA_KEY = "nnunet_fm"
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strings; values are JSON when they parse as JSON, strings otherwise."""
+    """Parse ``key=value`` strings; values are JSON when they parse as JSON, strings otherwise.
+
+    A key given twice with the same value is accepted; with different values it is an error naming both.
+    """
     parsed: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise UserInputError(f"--set expects key=value, got '{pair}'.")
         try:
-            parsed[key.strip()] = json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            parsed[key.strip()] = raw
+            value = raw
+        if key in parsed and parsed[key] != value:
+            raise UserInputError(
+                f"--set gives '{key}' twice with different values ({json.dumps(parsed[key])} and {json.dumps(value)}); "
+                "keep one."
+            )
+        parsed[key] = value
     return parsed
 
 
@@ -63,21 +73,37 @@ def plans_path(dataset: str | int, plans_id: str = "nnUNetPlans") -> Path:
     return path
 
 
+def _readers_of(key: str) -> list[str]:
+    """Templates whose trainer or network reads ``key`` (for the unknown-key message)."""
+    readers = []
+    for name in template_names():
+        template = load_template(name)
+        if key in template.trainer_options() or key in template.network_options():
+            readers.append(f"{name} ({template.trainer})")
+    return readers
+
+
 def _split_overrides(template: Template, overrides: dict[str, Any]) -> tuple[dict, dict, dict]:
-    """Sort ``--set`` keys into structural, architecture and option overrides; reject unknown keys."""
+    """Sort ``--set`` keys into structural, network (arch_kwargs) and trainer overrides; check every value."""
     structural, arch, options = {}, {}, {}
+    trainer_options, net_options = template.trainer_options(), template.network_options()
     for key, value in overrides.items():
-        if key in ("patch_size", "batch_size"):
+        if key in STRUCTURAL_KEYS:
             structural[key] = value
-        elif key.startswith("arch."):
-            if template.architecture is None:
-                raise UserInputError(f"Template '{template.name}' inherits its network; '{key}' cannot be set.")
-            arch[key[5:]] = value
-        elif key in OPTIONS:
-            options[key] = value
+        elif key in trainer_options:
+            options[key] = trainer_options[key].check(value, "--set")
+        elif key in net_options:
+            arch[key] = net_options[key].check(value, "--set")
         else:
-            valid = sorted(OPTIONS) + sorted(STRUCTURAL_KEYS)
-            raise UserInputError(f"Unknown key '{key}'. Valid keys: {', '.join(valid)}.")
+            bare = key.removeprefix("arch.")
+            hint = f" Network options are set by their plain name: --set {bare}=..." if bare != key else ""
+            readers = _readers_of(bare)
+            where = f" It is read by: {', '.join(readers)}." if readers else ""
+            valid = sorted(trainer_options) + sorted(net_options) + sorted(STRUCTURAL_KEYS)
+            raise UserInputError(
+                f"Key '{key}' is not read by template '{template.name}' ({template.trainer}).{where}{hint} "
+                f"Keys it reads: {', '.join(valid)} (see `nnunet-fm plans list`)."
+            )
     return structural, arch, options
 
 
@@ -86,7 +112,7 @@ def _check_structural(structural: dict) -> None:
     if patch is not None and (not isinstance(patch, list) or not all(isinstance(v, int) and v > 0 for v in patch)):
         raise UserInputError(f"patch_size must be a JSON list of positive ints, e.g. [32,128,128]; got {patch!r}.")
     batch = structural.get("batch_size")
-    if batch is not None and (not isinstance(batch, int) or batch < 1):
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise UserInputError(f"batch_size must be a positive int; got {batch!r}.")
 
 
@@ -117,21 +143,34 @@ def build_configuration(plans: dict, template: Template, overrides: dict[str, An
     parent = PlansManager(copy.deepcopy(plans)).get_configuration(template.parent).configuration
 
     options = {**template.options, **option_overrides}
-    architecture = copy.deepcopy(template.architecture)
-    if architecture is not None:
-        architecture.setdefault("_kw_requires_import", [])
-        architecture["arch_kwargs"].update(arch_overrides)
+    architecture = None
+    if template.network_class_name is not None:
+        architecture = {
+            "network_class_name": template.network_class_name,
+            "arch_kwargs": {**template.arch_kwargs, **arch_overrides},
+            "_kw_requires_import": [],
+        }
     effective_arch = architecture or parent.get("architecture")
+    network_values = {
+        k: v.value
+        for k, v in resolve_options(
+            template.network_options(), effective_arch["arch_kwargs"] if architecture else {}, ""
+        ).items()
+    }
     user_patch = structural.get("patch_size")
     patch = resolve_patch(
-        template.patch, user_patch or parent["patch_size"], effective_arch, options, user_given=user_patch is not None
+        template.patch,
+        user_patch or parent["patch_size"],
+        effective_arch,
+        {**network_values, **options},
+        user_given=user_patch is not None,
     )
     config: dict[str, Any] = {"inherits_from": template.parent, "patch_size": patch}
     config["batch_size"] = structural.get("batch_size") or template.batch_size or parent["batch_size"]
     if architecture is not None:
         config["architecture"] = architecture
     config.update(options)
-    config[METADATA_KEY] = {"template": template.name, "trainer": template.trainer}
+    config[METADATA_KEY] = {"template": template.name, "trainer": template.trainer, "set": sorted(overrides)}
     return config
 
 

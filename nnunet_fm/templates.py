@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import json
 import math
+import pydoc
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from nnunet_fm.errors import UserInputError
-from nnunet_fm.options import OPTIONS
+from nnunet_fm.options import (
+    EffectiveOption,
+    Option,
+    declared_options,
+    fixed_options,
+    network_options,
+    resolve_options,
+)
 
 STRUCTURAL_KEYS = {
     "patch_size": "Patch size [D, H, W]; must satisfy the template's patch rules.",
     "batch_size": "Batch size.",
-    "arch.<kwarg>": "Override one architecture kwarg (arch_kwargs) of the template's network.",
 }
 
 
 @dataclass
 class Template:
-    """A configuration recipe for ``nnunet-fm plans add``."""
+    """A configuration recipe for ``nnunet-fm plans add``: only what differs from the trainer's defaults.
+
+    The trainer (``trainer``) names the network (its ``fm_network``) and declares the options it reads with
+    their defaults; ``options`` and ``arch_kwargs`` hold the template's departures from those defaults.
+    """
 
     name: str
     description: str
@@ -29,8 +40,44 @@ class Template:
     trainer: str
     patch: dict = field(default_factory=dict)
     batch_size: int | None = None
-    architecture: dict | None = None
+    arch_kwargs: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+
+    @property
+    def trainer_class(self) -> type:
+        return trainer_class(self.trainer)
+
+    @property
+    def network_class_name(self) -> str | None:
+        return getattr(self.trainer_class, "fm_network", None)
+
+    def trainer_options(self) -> dict[str, Option]:
+        return declared_options(self.trainer_class)
+
+    def network_options(self) -> dict[str, Option]:
+        name = self.network_class_name
+        return {} if name is None else network_options(pydoc.locate(name))
+
+
+def trainer_class(name: str) -> type:
+    """A plugin trainer class by name (clear error listing the plugin's trainers)."""
+    from nnunet_fm.ext_trainers import nnunet_fm_trainers
+
+    found = getattr(nnunet_fm_trainers, name, None)
+    if not isinstance(found, type):
+        raise UserInputError(
+            f"'{name}' is not a plugin trainer. Plugin trainers: {', '.join(nnunet_fm_trainers.__all__)}."
+        )
+    return found
+
+
+def known_plugin_keys() -> set[str]:
+    """Every key some plugin trainer or network reads (to catch keys a configuration sets in vain)."""
+    keys: set[str] = set()
+    for name in template_names():
+        template = load_template(name)
+        keys |= set(template.trainer_options()) | set(template.network_options())
+    return keys
 
 
 def template_names() -> list[str]:
@@ -40,35 +87,62 @@ def template_names() -> list[str]:
 
 
 def load_template(name: str) -> Template:
-    """Load a shipped template by name (clear error listing the valid names)."""
+    """Load a shipped template by name (clear error listing the valid names); its values are checked."""
     if name not in template_names():
         raise UserInputError(f"Unknown template '{name}'. Available templates: {', '.join(template_names())}.")
     raw = json.loads(resources.files("nnunet_fm.plans_templates").joinpath(f"{name}.json").read_text())
-    unknown = sorted(set(raw.get("options", {})) - set(OPTIONS))
-    if unknown:
-        raise UserInputError(f"Template '{name}' uses undocumented option(s) {unknown}; add them to nnunet_fm.options.")
-    return Template(name=name, **raw)
+    template = Template(name=name, **raw)
+    for values, declared, owner in (
+        (template.options, template.trainer_options(), template.trainer),
+        (template.arch_kwargs, template.network_options(), template.network_class_name),
+    ):
+        for key, value in values.items():
+            if key not in declared:
+                raise UserInputError(f"Template '{name}' sets '{key}', which {owner} does not read.")
+            declared[key].check(value, f"template {name}")
+    return template
 
 
 def describe_templates() -> str:
-    """Human-readable list of templates with their keys and defaults (``nnunet-fm plans list``)."""
+    """Every template with the effective default of every option and where it comes from (``plans list``)."""
     lines = []
     for name in template_names():
         t = load_template(name)
         lines.append(f"{name}: {t.description}")
         lines.append(f"  configuration: {t.configuration} (inherits_from {t.parent}); trainer: {t.trainer}")
-        if t.architecture:
-            lines.append(f"  network: {t.architecture['network_class_name']}")
         lines.append(f"  patch rules: {json.dumps(t.patch)}; batch_size: {t.batch_size or 'parent'}")
-        for key, value in t.options.items():
-            lines.append(f"    {key} = {json.dumps(value)}  # {OPTIONS[key].help}")
+        notes = getattr(t.trainer_class, "fm_budget_note", None)
+        if notes:
+            lines.append(f"  budget: {notes}")
+        lines.append(f"  trainer options (top-level plans keys, read by {t.trainer}):")
+        lines += format_options(
+            resolve_options(t.trainer_options(), t.options, t.trainer, fixed_options(t.trainer_class)),
+            {k: f"template {name}" for k in t.options},
+        )
+        if t.network_class_name:
+            lines.append(f"  network options (architecture.arch_kwargs of {t.network_class_name}):")
+            network = t.network_class_name.rsplit(".", 1)[-1]
+            lines += format_options(
+                resolve_options(t.network_options(), t.arch_kwargs, network),
+                {k: f"template {name}" for k in t.arch_kwargs},
+            )
         lines.append("")
     lines.append("Structural keys for --set: " + "; ".join(f"{k}: {v}" for k, v in STRUCTURAL_KEYS.items()))
     return "\n".join(lines)
 
 
+def format_options(resolved: dict[str, EffectiveOption], sources: dict[str, str] | None = None) -> list[str]:
+    """One line per option: ``name = value  [source]  # help (accepted values)``."""
+    sources = sources or {}
+    return [
+        f"    {name} = {json.dumps(e.value)}  [{sources.get(name, e.source)}]  # {e.option.help} "
+        f"({e.option.describe_values()})"
+        for name, e in sorted(resolved.items())
+    ]
+
+
 def _multiple_per_axis(entry: Any, ndim: int, architecture: dict | None, options: dict) -> list[int] | None:
-    """Resolve one ``multiple_of`` entry: a list of ints, 'strides', or the name of an option."""
+    """Resolve one ``multiple_of`` entry: a list of ints, 'strides', or the name of an option (e.g. cube_size)."""
     if isinstance(entry, list):
         return [int(v) for v in entry]
     if entry == "strides":
@@ -143,7 +217,8 @@ def template_for_trainer(trainer: str) -> tuple[str, str]:
     """(template name, plugin trainer) for a trainer name, resolving ``TRAINER_ALIASES``."""
     resolved = TRAINER_ALIASES.get(trainer, trainer)
     for name in template_names():
-        if load_template(name).trainer == resolved:
+        template = load_template(name)
+        if template.trainer == resolved or issubclass(trainer_class(resolved), template.trainer_class):
             return name, resolved
     known = sorted({load_template(n).trainer for n in template_names()} | set(TRAINER_ALIASES))
     raise UserInputError(f"No template trains '{trainer}'. Trainers with templates: {', '.join(known)}.")

@@ -75,15 +75,6 @@ def test_single_window_default_and_protocol_attributes():
     assert isinstance(model.encoder, FrozenDINOv3)
     assert not any(p.requires_grad for p in model.encoder.parameters())
     assert not hasattr(model, "initialize")
-    assert DINOv3Cube.plans_keys == (
-        "encoder",
-        "encoder_kwargs",
-        "taps",
-        "vit_chunk_slices",
-        "vit_amp",
-        "cube_size",
-        "separate_arms",
-    )
     assert model(torch.randn(1, 1, 4, 32, 16)).shape == (1, 2, 4, 32, 16)
     with pytest.raises(ValueError, match="patch_size"):
         model(torch.randn(1, 1, 4, 32, 32))

@@ -33,9 +33,9 @@ def test_grid_and_summary_statistics():
 
 
 def test_trainer_prefixed_settings_apply_to_that_trainer_only():
-    settings = ["num_epochs=1", "nnUNetTrainerDINOv3FFA:arch.agg_heads=2", 'encoder_kwargs={"a":1}']
+    settings = ["num_epochs=1", "nnUNetTrainerDINOv3FFA:agg_heads=2", 'encoder_kwargs={"a":1}']
     assert settings_for("nnUNetTrainer", settings) == ["num_epochs=1", 'encoder_kwargs={"a":1}']
-    assert "arch.agg_heads=2" in settings_for("nnUNetTrainerDINOv3FFA", settings)
+    assert "agg_heads=2" in settings_for("nnUNetTrainerDINOv3FFA", settings)
 
 
 @pytest.mark.e2e

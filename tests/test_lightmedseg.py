@@ -108,7 +108,6 @@ def test_nnunet_interface() -> None:
         )
     )
     model = LightMedSeg(input_channels=2, num_classes=3, **kwargs)
-    assert LightMedSeg.plans_keys == ()
     assert not hasattr(model, "initialize")
     heads = model.output_heads()
     assert heads and all(h.bias is not None and h.bias.numel() == 3 for h in heads)

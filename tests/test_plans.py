@@ -6,20 +6,22 @@ import pytest
 
 from nnunet_fm.cli import main
 from nnunet_fm.errors import UserInputError
-from nnunet_fm.options import OPTIONS
 from nnunet_fm.plans import add_configuration, parse_assignments
 from nnunet_fm.templates import describe_templates, load_template, resolve_patch, template_names
 
 DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)
 
 
-def test_every_template_loads_with_documented_options():
+def test_every_template_loads_with_declared_options():
     names = template_names()
-    assert {"unet_fewshot", "dinov3_ffa", "dinov3_cube"} <= set(names)
+    assert {"unet_fewshot", "dinov3_ffa", "dinov3_cube", "lightmedseg"} <= set(names)
     for name in names:
         template = load_template(name)
-        assert set(template.options) <= set(OPTIONS)
-    assert "depth_min_fg_frac" in describe_templates()
+        assert set(template.options) <= set(template.trainer_options())
+        assert set(template.arch_kwargs) <= set(template.network_options())
+    listing = describe_templates()
+    assert "depth_min_fg_frac = 0.0005  [nnUNetTrainerDINOv3FFA default]" in listing
+    assert "vit_amp = true  [template dinov3_ffa]" in listing
 
 
 def test_parse_assignments_reads_json_or_strings():
@@ -57,7 +59,7 @@ def test_add_writes_configuration_with_backup_and_replaces_same_name(nnunet_env)
     path = _plans_file(nnunet_env)
     before = json.loads(path.read_text())
     result = add_configuration(
-        DATASET_ID, "dinov3_ffa", name="3d_test_ffa", overrides={"few_shot_k": 2, "arch.agg_heads": 2, "batch_size": 3}
+        DATASET_ID, "dinov3_ffa", name="3d_test_ffa", overrides={"few_shot_k": 2, "agg_heads": 2, "batch_size": 3}
     )
     plans = json.loads(path.read_text())
     config = plans["configurations"]["3d_test_ffa"]
@@ -75,7 +77,13 @@ def test_add_writes_configuration_with_backup_and_replaces_same_name(nnunet_env)
     "args, message",
     [
         (["--template", "nope"], "Unknown template"),
-        (["--template", "dinov3_ffa", "--set", "bogus_key=1"], "Unknown key 'bogus_key'"),
+        (["--template", "dinov3_ffa", "--set", "bogus_key=1"], "Key 'bogus_key' is not read"),
+        (["--template", "dinov3_ffa", "--set", "two_pass=false"], "dinov3_cube (nnUNetTrainerDINOv3Cube)"),
+        (["--template", "dinov3_ffa", "--set", "arch.agg_heads=2"], "--set agg_heads=..."),
+        (["--template", "dinov3_ffa", "--set", "few_shot_k=abc"], "expected an integer"),
+        (["--template", "dinov3_ffa", "--set", "num_epochs=zero"], "expected an integer"),
+        (["--template", "dinov3_ffa", "--set", 'encoder_kwargs={"embed_dim":48,'], "encoder_kwargs"),
+        (["--template", "dinov3_ffa", "--set", "num_epochs=1", "--set", "num_epochs=2"], "twice"),
         (["--template", "dinov3_ffa", "--set", "patch_size=[8,40,40]"], "Nearest valid patch"),
         (["--template", "dinov3_cube", "--set", "cube_size=[3,16,16]", "patch_size=[16,48,48]"], "breaks"),
     ],

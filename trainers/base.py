@@ -6,7 +6,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_fm.hooks.class_balance import ClassBalanceMixin
 from nnunet_fm.hooks.few_shot import FewShotMixin
-from nnunet_fm.hooks.network import PlansNetworkMixin
+from nnunet_fm.hooks.network import FrozenEncoderWeightsMixin, PlansNetworkMixin
 from nnunet_fm.hooks.optim import AdamWWarmupCosineMixin
 from nnunet_fm.hooks.patch_filter import ForegroundFilterMixin
 from nnunet_fm.hooks.plans_options import PlansOptionsMixin
@@ -34,3 +34,7 @@ class nnUNetTrainerFMBase(
 
 class nnUNetTrainerFMAdamW(AdamWWarmupCosineMixin, nnUNetTrainerFMBase):
     """Base trainer with AdamW, linear warmup and cosine decay over trainable parameters only."""
+
+
+class nnUNetTrainerFMFrozenEncoder(FrozenEncoderWeightsMixin, nnUNetTrainerFMAdamW):
+    """AdamW trainer for networks with a frozen pretrained ``encoder`` (weights loaded in ``initialize()``)."""

@@ -4,15 +4,35 @@ from __future__ import annotations
 
 import torch
 
-from nnunet_fm.trainers.base import nnUNetTrainerFMAdamW
+from nnunet_fm.options import Option
+from nnunet_fm.trainers.base import nnUNetTrainerFMFrozenEncoder
 from nnunet_fm.two_pass import two_pass_step
 
 
-class nnUNetTrainerDINOv3Cube(nnUNetTrainerFMAdamW):
+class nnUNetTrainerDINOv3Cube(nnUNetTrainerFMFrozenEncoder):
     """``two_pass: true`` (default): global loss on the reassembled patch, gradients back-propagated cube by cube.
 
     ``two_pass: false`` is ordinary backprop through all cubes at once (same gradients, more memory).
     """
+
+    fm_network = "nnunet_fm.architectures.dinov3_cube.DINOv3Cube"
+    fm_options = (
+        Option(
+            "two_pass",
+            True,
+            "Exact two-pass training at constant decoder memory (false = ordinary backprop).",
+            "bool",
+        ),
+    )
+    # the abstract fixes no class weighting or few-shot protocol: neutral hooks, all training cases
+    fm_defaults = {
+        "initial_lr": 1e-3,
+        "bg_weight": 1.0,
+        "use_mfb": False,
+        "depth_min_fg_frac": 0.0,
+        "init_prior_bias": False,
+        "drop_empty": False,
+    }
 
     def forward_backward(self, data: torch.Tensor, target) -> torch.Tensor:
         if not self.fm_option("two_pass"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nnunet_fm.hooks.slice_mask import MASK_VALUE, SliceMaskedLoss
 from nnunet_fm.lightmedseg_loss import DiceCEBoundaryLoss
+from nnunet_fm.options import Option
 from nnunet_fm.trainers.base import nnUNetTrainerFMAdamW
 
 
@@ -14,6 +15,13 @@ class nnUNetTrainerLightMedSeg(nnUNetTrainerFMAdamW):
     few-shot, patch-filter, slice-mask and prior-bias hooks do.
     """
 
+    fm_network = "nnunet_fm.architectures.lightmedseg.LightMedSeg"
+    fm_options = (
+        Option(
+            "boundary_weight", 1.0, "Weight of the boundary BCE term of the LightMedSeg loss.", "float", minimum=0.0
+        ),
+    )
+    fm_unread = ("bg_weight", "use_mfb")  # the LightMedSeg loss weights classes itself
     fm_defaults = {
         "num_epochs": 300,
         "initial_lr": 1e-3,

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from nnunet_fm.hooks.slice_mask import SliceMaskedLoss
+from nnunet_fm.options import Option
 
 
 def label_counts(segmentations, num_classes: int, ignore_label: int | None) -> np.ndarray:
@@ -43,6 +44,26 @@ class ClassBalanceMixin:
     The loss is nnU-Net's Dice + CE (MemoryEfficientSoftDiceLoss, RobustCrossEntropyLoss) with CE class
     weights, wrapped so logits are clamped, computed in fp32 and masked per slice (``depth_min_fg_frac``).
     """
+
+    fm_options = (
+        Option("bg_weight", 0.05, "Cross-entropy weight of the background class.", "float", minimum=0.0),
+        Option("use_mfb", True, "Median-frequency balancing of cross-entropy class weights.", "bool"),
+        Option(
+            "depth_min_fg_frac",
+            0.0005,
+            "Slices whose foreground fraction is below this contribute nothing to CE or Dice (0 disables).",
+            "float",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        Option(
+            "logit_clamp",
+            20.0,
+            "Clamp logits to +-this before the loss (0 disables; loss in fp32).",
+            "float",
+            minimum=0.0,
+        ),
+    )
 
     def fm_class_counts(self) -> np.ndarray:
         if getattr(self, "_fm_counts", None) is None:

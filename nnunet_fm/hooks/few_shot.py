@@ -9,6 +9,7 @@ import numpy as np
 
 from nnunet_fm.atomic_io import atomic_write_json
 from nnunet_fm.errors import UserInputError
+from nnunet_fm.options import Option
 
 RECORD_NAME = "fewshot_cases.json"
 
@@ -31,6 +32,19 @@ def case_has_foreground(properties: dict) -> bool:
 
 class FewShotMixin:
     """``do_split`` keeps the fold's validation cases and trains on ``few_shot_k`` of its training cases."""
+
+    fm_options = (
+        Option(
+            "few_shot_k",
+            None,
+            "Train on K labelled cases of the fold (null = all). Recorded in fewshot_cases.json.",
+            "int",
+            nullable=True,
+            minimum=1,
+        ),
+        Option("few_shot_seed", 0, "Seed of the deterministic few-shot case choice.", "int"),
+        Option("drop_empty", True, "Skip training cases without any foreground voxel.", "bool"),
+    )
 
     def do_split(self):
         if getattr(self, "_fm_split", None) is not None:

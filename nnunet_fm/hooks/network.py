@@ -9,13 +9,14 @@ from torch import nn
 
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.hooks.prior_bias import unwrap
+from nnunet_fm.options import Option
 
 
 def network_kwargs(configuration: dict, patch_size, enable_deep_supervision: bool) -> tuple[type, dict]:
     """Network class and constructor kwargs for a (resolved) plans configuration.
 
-    ``arch_kwargs`` come first; keys the class lists in ``plans_keys`` are taken from the configuration's
-    top level when present; ``patch_size`` / ``deep_supervision`` are passed when the constructor accepts them.
+    The network's options are ``arch_kwargs`` (its constructor's defaults fill the rest); ``patch_size`` /
+    ``deep_supervision`` are passed when the constructor accepts them.
     """
     architecture = configuration["architecture"]
     network_class = pydoc.locate(architecture["network_class_name"])
@@ -28,9 +29,6 @@ def network_kwargs(configuration: dict, patch_size, enable_deep_supervision: boo
     for key in architecture.get("_kw_requires_import", []):
         if kwargs.get(key) is not None:
             kwargs[key] = pydoc.locate(kwargs[key])
-    for key in getattr(network_class, "plans_keys", ()):
-        if configuration.get(key) is not None:
-            kwargs[key] = configuration[key]
     accepted = inspect.signature(network_class).parameters
     if "patch_size" in accepted:
         kwargs["patch_size"] = list(patch_size)
@@ -41,6 +39,20 @@ def network_kwargs(configuration: dict, patch_size, enable_deep_supervision: boo
 
 class PlansNetworkMixin:
     """Builds any plans-selected network; no deep supervision; compile only on request; loads encoder weights."""
+
+    fm_options = (
+        Option(
+            "compile", False, "torch.compile the network on CUDA (off by default: frozen ViTs gain little).", "bool"
+        ),
+        Option(
+            "encoder_weights",
+            None,
+            "'hub', a local weights file (timm / Meta / HF-transformers), or 'none'. "
+            "Unset: env nnUNet_fm_encoder_weights, else 'hub'.",
+            "str",
+            nullable=True,
+        ),
+    )
 
     @classmethod
     def build_network_architecture(
@@ -69,13 +81,29 @@ class PlansNetworkMixin:
 
     def initialize(self):
         super().initialize()
-        encoder = getattr(unwrap(self.network), "encoder", None)
-        if encoder is not None and hasattr(encoder, "load_weights"):
-            from nnunet_fm.encoders import resolve_weights_spec
-
-            spec = resolve_weights_spec(self.fm_option("encoder_weights"))
-            report = encoder.load_weights(spec)
-            self.print_to_log_file(f"Frozen encoder weights: {report}")
         trainable = sum(p.numel() for p in self.network.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in self.network.parameters() if not p.requires_grad)
         self.print_to_log_file(f"Parameters: {trainable:,} trainable, {frozen:,} frozen")
+
+
+class FrozenEncoderWeightsMixin:
+    """Loads the frozen encoder's pretrained weights in ``initialize()`` (never at network build time)."""
+
+    fm_options = (
+        Option(
+            "encoder_weights",
+            None,
+            "'hub', a local weights file (timm / Meta / HF-transformers), or 'none'. "
+            "Unset: env nnUNet_fm_encoder_weights, else 'hub'.",
+            "str",
+            nullable=True,
+        ),
+    )
+
+    def initialize(self):
+        super().initialize()
+        from nnunet_fm.encoders import resolve_weights_spec
+
+        spec = resolve_weights_spec(self.fm_option("encoder_weights"))
+        report = unwrap(self.network).encoder.load_weights(spec)
+        self.print_to_log_file(f"Frozen encoder weights: {report}")

@@ -7,6 +7,8 @@ import math
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from nnunet_fm.options import Option
+
 
 def warmup_cosine_lr(epoch: int, peak_lr: float, warmup: int, total: int) -> float:
     """Learning rate at ``epoch``: linear warmup to ``peak_lr`` over ``warmup`` epochs, then cosine to 0."""
@@ -37,6 +39,18 @@ class WarmupCosineLR(LRScheduler):
 
 class AdamWWarmupCosineMixin:
     """``configure_optimizers``: AdamW on parameters that require grad; frozen encoders are left out."""
+
+    fm_options = (
+        Option("initial_lr", 5e-3, "Peak learning rate of AdamW (after warmup).", "float", minimum=0.0),
+        Option("weight_decay", 0.05, "AdamW weight decay.", "float", minimum=0.0),
+        Option(
+            "warmup_epochs",
+            50,
+            "Linear warmup epochs before cosine decay (at most num_epochs // 10).",
+            "int",
+            minimum=0,
+        ),
+    )
 
     def configure_optimizers(self):
         self.initial_lr = float(self.fm_option("initial_lr"))

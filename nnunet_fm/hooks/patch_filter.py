@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from nnunet_fm.options import Option
+
 
 def foreground_fraction(target: torch.Tensor, ignore_label: int | None) -> torch.Tensor:
     """Per-sample fraction of foreground voxels in a label batch [B, 1, ...]."""
@@ -56,6 +58,18 @@ def _copy_sample(batch: dict, fresh: dict, slot: int, source: int) -> None:
 
 class ForegroundFilterMixin:
     """Applies ``min_fg_frac`` to the training batches (validation batches are left as drawn)."""
+
+    fm_options = (
+        Option(
+            "min_fg_frac",
+            0.0,
+            "Re-draw training patches whose foreground fraction is below this (bounded retries).",
+            "float",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        Option("min_fg_retries", 10, "Maximum re-draws per batch for min_fg_frac.", "int", minimum=0),
+    )
 
     def get_dataloaders(self):
         train, val = super().get_dataloaders()

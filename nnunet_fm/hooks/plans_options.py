@@ -7,17 +7,23 @@ from typing import Any
 import torch
 
 from nnunet_fm.errors import UserInputError
-from nnunet_fm.options import OPTIONS
+from nnunet_fm.options import EffectiveOption, Option, declared_options, fixed_options, resolve_options
 
 
 class PlansOptionsMixin:
-    """Options come from the plans configuration, then ``fm_defaults``, then the registry default.
+    """A trainer option's value: ``fm_fixed`` (variant pins), else the plans configuration, else the default.
 
-    ``fm_fixed`` holds values a trainer variant pins (e.g. ``_5shot`` pins ``few_shot_k``); they win over plans.
+    Each hook declares the keys it reads in ``fm_options``; a family changes defaults in ``fm_defaults``.
     This mixin owns the trainer ``__init__`` (nnU-Net records init args by introspection, so the signature
     must stay exactly nnUNetTrainer's).
     """
 
+    fm_options = (
+        Option("num_epochs", 1000, "Training epochs (nnU-Net default 1000).", "int", minimum=1),
+        Option("num_iterations_per_epoch", 250, "Training iterations per epoch.", "int", minimum=1),
+        Option("num_val_iterations_per_epoch", 50, "Validation iterations per epoch (pseudo-Dice).", "int", minimum=1),
+        Option("save_every", 50, "Write checkpoint_latest.pth every N epochs.", "int", minimum=1),
+    )
     fm_defaults: dict[str, Any] = {}
     fm_fixed: dict[str, Any] = {}
 
@@ -30,22 +36,64 @@ class PlansOptionsMixin:
         device: torch.device = torch.device("cuda"),
     ):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.label_manager.has_regions:
+        if self.label_manager.has_regions and not getattr(self, "fm_supports_regions", False):
             raise UserInputError(
                 f"{type(self).__name__} trains with classes, not regions; dataset.json of "
                 f"{self.plans_manager.dataset_name} defines region labels. Use stock nnUNetTrainer for regions."
             )
+        self.fm_check_configuration(configuration)
+        self._fm_options = self.fm_effective_options()
         for name in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "save_every"):
             setattr(self, name, int(self.fm_option(name)))
         self.enable_deep_supervision = False
 
-    def fm_option(self, name: str) -> Any:
-        """Value of a documented option for this trainer and configuration."""
-        if name not in OPTIONS:
-            raise KeyError(f"'{name}' is not a documented option (nnunet_fm.options).")
-        if name in self.fm_fixed:
-            return self.fm_fixed[name]
+    @classmethod
+    def fm_declared_options(cls) -> dict[str, Option]:
+        """Every option this trainer reads, with its defaults."""
+        return declared_options(cls)
+
+    def fm_check_configuration(self, name: str) -> None:
+        """Refuse a configuration this trainer would misread: another network, or keys it would ignore."""
+        from nnunet_fm.templates import known_plugin_keys, template_for_trainer
+
         configuration = self.configuration_manager.configuration
-        if name in configuration:
-            return configuration[name]
-        return self.fm_defaults.get(name, OPTIONS[name].default)
+        trainer = type(self).__name__
+        expected = getattr(self, "fm_network", None)
+        found = (configuration.get("architecture") or {}).get("network_class_name")
+        if expected is not None and found != expected:
+            template = template_for_trainer(trainer)[0]
+            dataset = self.plans_manager.dataset_name
+            raise UserInputError(
+                f"Configuration '{name}' of {dataset} builds {found}, but {trainer} trains "
+                f"{expected.rsplit('.', 1)[-1]}; training it would silently train another network. Add the "
+                f"trainer's configuration first: `nnunet-fm plans add -d {dataset} --template {template}`, then "
+                f"`nnUNetv2_train {dataset} {self._fm_template_configuration(template)} FOLD -tr {trainer}`."
+            )
+        stray = sorted(set(configuration) & (known_plugin_keys() - set(self.fm_declared_options())))
+        if stray:
+            raise UserInputError(
+                f"Configuration '{name}' sets {stray}, which {trainer} does not read (network options belong in "
+                "architecture.arch_kwargs). Re-create it with `nnunet-fm plans add` or remove the keys; "
+                "`nnunet-fm plans show` lists what each key does."
+            )
+
+    @staticmethod
+    def _fm_template_configuration(template: str) -> str:
+        from nnunet_fm.templates import load_template
+
+        return load_template(template).configuration
+
+    def fm_effective_options(self) -> dict[str, EffectiveOption]:
+        """Effective value and source of every option, checked against its declaration."""
+        return resolve_options(
+            self.fm_declared_options(),
+            self.configuration_manager.configuration,
+            type(self).__name__,
+            fixed_options(type(self)),
+        )
+
+    def fm_option(self, name: str) -> Any:
+        """Value of a declared option for this trainer and configuration."""
+        if name not in self._fm_options:
+            raise KeyError(f"{type(self).__name__} does not declare option '{name}' (add it to a hook's fm_options).")
+        return self._fm_options[name].value

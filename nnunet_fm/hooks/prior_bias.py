@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from nnunet_fm.hooks.class_balance import class_frequencies
+from nnunet_fm.options import Option
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -37,6 +38,8 @@ def set_prior_bias(heads: list[nn.Module], counts: np.ndarray) -> torch.Tensor:
 
 class PriorBiasMixin:
     """After the network is built, set its classifier biases to the training-label prior."""
+
+    fm_options = (Option("init_prior_bias", True, "Initialise classifier biases to log class frequency.", "bool"),)
 
     def initialize(self):
         super().initialize()

@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from nnunet_fm.options import Option
+
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -14,6 +16,16 @@ class AmpClipTrainStepMixin:
 
     Subclasses change how the loss is computed and back-propagated by overriding ``forward_backward``.
     """
+
+    fm_options = (
+        Option("grad_clip", 1.0, "Gradient-norm clipping threshold.", "float", minimum=0.0),
+        Option(
+            "amp_dtype",
+            "bfloat16",
+            "Autocast dtype on CUDA (float16 uses nnU-Net's grad scaler). CPU never autocasts.",
+            choices=("bfloat16", "float16"),
+        ),
+    )
 
     def on_train_start(self):
         super().on_train_start()
