@@ -28,9 +28,13 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _cmd_plans_add(args: argparse.Namespace) -> int:
     from nnunet_fm.plans import add_configuration, parse_assignments
 
-    result = add_configuration(args.dataset, args.template, args.name, args.plans, parse_assignments(args.set or []))
+    result = add_configuration(
+        args.dataset, args.template, args.name, args.plans, parse_assignments(args.set or []), force=args.force
+    )
     print(f"Added configuration '{result.configuration}' to {result.plans_file} (backup: {result.backup.name})")
     print(f"  patch_size {result.patch_size}, batch_size {result.batch_size}")
+    for warning in result.warnings:
+        print(f"  WARNING: {warning}")
     print(
         f"  train: nnUNetv2_train {args.dataset} {result.configuration} FOLD -tr {result.trainer} -p {args.plans} --npz"
     )
@@ -191,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="set options the template's trainer or network reads (JSON values); repeatable",
     )
+    add.add_argument("--force", action="store_true", help="replace a configuration nnunet-fm did not write")
     add.set_defaults(func=_cmd_plans_add)
     plans.add_parser("list", help="list templates, their keys and defaults").set_defaults(func=_cmd_plans_list)
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnunet_fm.atomic_io import atomic_write_json, backup_file
+from nnunet_fm.atomic_io import atomic_write_json, backup_file, file_lock
 from nnunet_fm.errors import UserInputError
+from nnunet_fm.file_names import MANIFEST_NAME
 from nnunet_fm.options import resolve_options
 from nnunet_fm.templates import STRUCTURAL_KEYS, Template, load_template, resolve_patch, template_names
 
@@ -126,6 +127,7 @@ class AddResult:
     trainer: str
     patch_size: list[int]
     batch_size: int
+    warnings: list[str] = field(default_factory=list)
 
 
 def build_configuration(plans: dict, template: Template, overrides: dict[str, Any]) -> dict:
@@ -174,25 +176,55 @@ def build_configuration(plans: dict, template: Template, overrides: dict[str, An
     return config
 
 
+def read_plans(path: Path) -> dict:
+    """A plans file's content, or a clear error when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"Plans file {path} is not valid JSON ({exc}); restore it from a .bak file.") from exc
+
+
 def add_configuration(
     dataset: str | int,
     template_name: str,
     name: str | None = None,
     plans_id: str = "nnUNetPlans",
     overrides: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> AddResult:
-    """Add (or replace) a template configuration in a plans file; atomic, with a backup."""
+    """Add (or replace) a template configuration in a plans file; locked, atomic, with a backup.
+
+    Replacing a configuration the plugin did not write (e.g. nnU-Net's ``2d``) needs ``force``.
+    """
     template = load_template(template_name)
     path = plans_path(dataset, plans_id)
-    try:
-        plans = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserInputError(f"Plans file {path} is not valid JSON ({exc}); restore it from a .bak file.") from exc
     config_name = name or template.configuration
     if config_name == template.parent:
         raise UserInputError(f"--name must differ from the parent configuration '{template.parent}'.")
-    config = build_configuration(plans, template, overrides or {})
-    plans["configurations"][config_name] = config
-    backup = backup_file(path)
-    atomic_write_json(path, plans)
-    return AddResult(path, backup, config_name, template.trainer, config["patch_size"], config["batch_size"])
+    with file_lock(path):  # read-modify-write under a lock: concurrent adds must not lose each other's work
+        plans = read_plans(path)
+        existing = plans["configurations"].get(config_name)
+        if existing is not None and METADATA_KEY not in existing and not force:
+            raise UserInputError(
+                f"Configuration '{config_name}' already exists in {path} and was not written by nnunet-fm; "
+                "choose another --name, or pass --force to replace it (a backup is kept)."
+            )
+        config = build_configuration(plans, template, overrides or {})
+        plans["configurations"][config_name] = config
+        backup = backup_file(path)
+        atomic_write_json(path, plans)
+    warnings = configuration_warnings(dataset_name(dataset), template, config)
+    return AddResult(path, backup, config_name, template.trainer, config["patch_size"], config["batch_size"], warnings)
+
+
+def configuration_warnings(dataset: str, template: Template, config: dict) -> list[str]:
+    """Things that are legal but almost always a mistake, told once when the configuration is written."""
+    nnUNet_raw = os.environ.get("nnUNet_raw")
+    warnings = []
+    few_shot_k = config.get("few_shot_k", template.trainer_options()["few_shot_k"].default)
+    if few_shot_k is not None and nnUNet_raw and (Path(nnUNet_raw) / dataset / MANIFEST_NAME).is_file():
+        warnings.append(
+            f"{dataset} is pseudo-labelled, but few_shot_k={few_shot_k} trains on only {few_shot_k} of its cases; "
+            "add --set few_shot_k=null to use every labelled and pseudo-labelled case."
+        )
+    return warnings

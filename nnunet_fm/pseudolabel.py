@@ -26,9 +26,7 @@ from nnunet_fm.atomic_io import atomic_write_json
 from nnunet_fm.dataset_check import allowed_label_values, case_identifiers
 from nnunet_fm.environment import EXT_TRAINER_VARIABLE, plugin_env
 from nnunet_fm.errors import UserInputError
-from nnunet_fm.hooks.few_shot import RECORD_NAME
-
-MANIFEST_NAME = "pseudolabel_manifest.json"
+from nnunet_fm.file_names import FEWSHOT_RECORD_NAME, MANIFEST_NAME
 
 
 @dataclass
@@ -165,7 +163,7 @@ def ignore_label_value(labelled_dataset_json: dict, voxel_threshold: float) -> i
 
 def labelled_cases(model_folder: Path, fold: str, source: Path, ending: str) -> list[str]:
     """The labelled cases the model saw: ``fewshot_cases.json`` of the fold, else every training case."""
-    record = model_folder / f"fold_{fold}" / RECORD_NAME
+    record = model_folder / f"fold_{fold}" / FEWSHOT_RECORD_NAME
     if record.is_file():
         return list(json.loads(record.read_text())["cases"])
     return case_identifiers(source / "imagesTr", ending)

@@ -25,8 +25,8 @@ import SimpleITK as sitk
 
 from nnunet_fm.atomic_io import atomic_write_json, atomic_write_text
 from nnunet_fm.demo import FLAGSHIP, add_plans, prepare_dataset
+from nnunet_fm.file_names import MANIFEST_NAME
 from nnunet_fm.pipeline import Workspace, plan_and_preprocess, plan_like_source, train_predict_evaluate
-from nnunet_fm.pseudolabel import MANIFEST_NAME
 from nnunet_fm.templates import template_for_trainer
 
 SOURCE_ID, PSEUDO_ID, STOCK_PLANNED_ID = 902, 903, 904

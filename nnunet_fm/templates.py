@@ -111,9 +111,7 @@ def describe_templates() -> str:
         lines.append(f"{name}: {t.description}")
         lines.append(f"  configuration: {t.configuration} (inherits_from {t.parent}); trainer: {t.trainer}")
         lines.append(f"  patch rules: {json.dumps(t.patch)}; batch_size: {t.batch_size or 'parent'}")
-        notes = getattr(t.trainer_class, "fm_budget_note", None)
-        if notes:
-            lines.append(f"  budget: {notes}")
+        lines.append(f"  budget: {budget_formula(t)}")
         lines.append(f"  trainer options (top-level plans keys, read by {t.trainer}):")
         lines += format_options(
             resolve_options(t.trainer_options(), t.options, t.trainer, fixed_options(t.trainer_class)),
@@ -129,6 +127,22 @@ def describe_templates() -> str:
         lines.append("")
     lines.append("Structural keys for --set: " + "; ".join(f"{k}: {v}" for k, v in STRUCTURAL_KEYS.items()))
     return "\n".join(lines)
+
+
+def budget_formula(template: Template) -> str:
+    """How many optimiser steps the template's defaults take, in words and with its own numbers."""
+    from nnunet_fm.hooks.budget import iterations_per_pass
+
+    values = {k: v.value for k, v in resolve_options(template.trainer_options(), template.options, "").items()}
+    epochs, iterations, k = values["num_epochs"], values["num_iterations_per_epoch"], values.get("few_shot_k")
+    if iterations is not None:
+        return f"{epochs} epochs x {iterations} iterations = {epochs * iterations} optimiser steps."
+    batch = template.batch_size or "B"
+    text = f"an epoch is one pass over the training cases: {epochs} x ceil(n_train / {batch}) optimiser steps"
+    if k is not None and template.batch_size:
+        steps = epochs * iterations_per_pass(k, template.batch_size)
+        text += f" (few_shot_k={k}: {steps} steps, {epochs * k} training crops at least)"
+    return text + "."
 
 
 def format_options(resolved: dict[str, EffectiveOption], sources: dict[str, str] | None = None) -> list[str]:

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from nnunet_fm.errors import UserInputError
+from nnunet_fm.file_names import FEWSHOT_RECORD_NAME as RECORD_NAME
 from nnunet_fm.hooks.class_balance import class_frequencies, class_weights, label_counts
-from nnunet_fm.hooks.few_shot import RECORD_NAME, FewShotMixin, choose_cases
+from nnunet_fm.hooks.few_shot import FewShotMixin, choose_cases
 from nnunet_fm.hooks.optim import warmup_cosine_lr
 from nnunet_fm.hooks.patch_filter import ForegroundFilteredBatches, foreground_fraction
 from nnunet_fm.hooks.prior_bias import output_heads, set_prior_bias
@@ -132,19 +133,6 @@ def test_few_shot_subset_is_recorded_and_stable_across_resume(tmp_path):
     assert again == first
     with pytest.raises(UserInputError, match="few_shot_k=3"):
         _FakeTrainer(tmp_path, 4, 1, cases).do_split()
-
-
-def test_few_shot_on_a_pseudo_labelled_dataset_is_logged_as_a_warning(tmp_path, monkeypatch):
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    (tmp_path / "raw" / "Dataset601_PL").mkdir(parents=True)
-    trainer = _FakeTrainer(tmp_path, 3, 0, [f"case{i}" for i in range(8)])
-    trainer.do_split()
-    assert not any("pseudo-labelled" in line for line in trainer.log)
-    (tmp_path / "raw" / "Dataset601_PL" / "pseudolabel_manifest.json").write_text("{}")
-    (tmp_path / RECORD_NAME).unlink()
-    trainer = _FakeTrainer(tmp_path, 3, 0, [f"case{i}" for i in range(8)])
-    trainer.do_split()
-    assert any("few_shot_k=3 keeps only 3 of 8" in line for line in trainer.log)
 
 
 def test_warmup_then_cosine_schedule():

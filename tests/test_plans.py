@@ -100,3 +100,83 @@ def test_bad_input_is_a_clear_error_and_leaves_plans_untouched(nnunet_env, capsy
 def test_missing_plans_file_names_the_command_to_run(nnunet_env, capsys):
     assert main(["plans", "add", "-d", str(DATASET_ID), "--template", "dinov3_ffa", "--plans", "NoSuchPlans"]) == 2
     assert "nnUNetv2_plan_and_preprocess -d 951" in capsys.readouterr().err
+
+
+def test_few_shot_on_a_pseudo_labelled_dataset_is_warned_at_plans_add(nnunet_env, capsys):
+    raw = nnunet_env.raw / nnunet_env.dataset_folder(DATASET_ID).name
+    args = ["plans", "add", "-d", str(DATASET_ID), "--template", "dinov3_ffa", "--name", "3d_pl_check"]
+    assert main(args) == 0
+    assert "pseudo-labelled" not in capsys.readouterr().out
+    (raw / "pseudolabel_manifest.json").write_text("{}")
+    try:
+        assert main(args) == 0
+        assert "few_shot_k=5 trains on only 5" in capsys.readouterr().out
+        assert main([*args, "--set", "few_shot_k=null"]) == 0
+        assert "pseudo-labelled" not in capsys.readouterr().out
+    finally:
+        (raw / "pseudolabel_manifest.json").unlink()
+
+
+def test_repeated_set_flags_all_apply(nnunet_env):
+    args = ["plans", "add", "-d", str(DATASET_ID), "--template", "dinov3_ffa", "--name", "3d_sets"]
+    assert (
+        main([*args, "--set", "num_epochs=1", "--set", "few_shot_k=3", "initial_lr=0.01", "--set", "agg_heads=2"]) == 0
+    )
+    config = json.loads(_plans_file(nnunet_env).read_text())["configurations"]["3d_sets"]
+    assert (config["num_epochs"], config["few_shot_k"], config["initial_lr"]) == (1, 3, 0.01)
+    assert config["architecture"]["arch_kwargs"]["agg_heads"] == 2
+
+
+def test_stock_configuration_is_not_replaced_without_force(nnunet_env, capsys):
+    path = _plans_file(nnunet_env)
+    original = path.read_bytes()
+    plans = json.loads(original)
+    plans["configurations"]["3d_stock"] = {"inherits_from": "3d_fullres"}  # like nnU-Net's own 2d / 3d_lowres
+    path.write_text(json.dumps(plans))
+    try:
+        before = path.read_bytes()
+        args = ["plans", "add", "-d", str(DATASET_ID), "--template", "dinov3_ffa", "--name", "3d_stock"]
+        assert main(args) == 2
+        assert "was not written by nnunet-fm" in capsys.readouterr().err and path.read_bytes() == before
+        assert main([*args, "--force"]) == 0
+        assert json.loads(path.read_text())["configurations"]["3d_stock"]["nnunet_fm"]["template"] == "dinov3_ffa"
+    finally:
+        path.write_bytes(original)
+
+
+def test_plans_file_keeps_its_mode_and_at_most_five_backups(nnunet_env):
+    path = _plans_file(nnunet_env)
+    path.chmod(0o664)
+    for _ in range(7):
+        add_configuration(DATASET_ID, "dinov3_ffa", name="3d_mode")
+    assert path.stat().st_mode & 0o777 == 0o664
+    assert len(list(path.parent.glob("nnUNetPlans.json.*.bak"))) == 5
+
+
+def test_concurrent_plans_add_loses_no_configuration(nnunet_env):
+    import subprocess
+    import sys
+
+    names = [f"3d_parallel_{i}" for i in range(4)]
+    code = "import sys; from nnunet_fm.cli import main; sys.exit(main(sys.argv[1:]))"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                code,
+                "plans",
+                "add",
+                "-d",
+                str(DATASET_ID),
+                "--template",
+                "dinov3_ffa",
+                "--name",
+                name,
+            ]
+        )
+        for name in names
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0] * len(names)
+    configurations = json.loads(_plans_file(nnunet_env).read_text())["configurations"]
+    assert set(names) <= set(configurations)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_fm.hooks.budget import EpochBudgetMixin
 from nnunet_fm.hooks.class_balance import ClassBalanceMixin
 from nnunet_fm.hooks.few_shot import FewShotMixin
 from nnunet_fm.hooks.network import FrozenEncoderWeightsMixin, PlansNetworkMixin
@@ -16,6 +17,7 @@ from nnunet_fm.hooks.train_step import AmpClipTrainStepMixin
 
 class nnUNetTrainerFMBase(
     PlansOptionsMixin,
+    EpochBudgetMixin,
     FewShotMixin,
     ForegroundFilterMixin,
     ClassBalanceMixin,

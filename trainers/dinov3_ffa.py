@@ -9,7 +9,8 @@ class nnUNetTrainerDINOv3FFA(nnUNetTrainerFMFrozenEncoder):
     """Few-shot vessel trainer of DESIGN §3; every option is a plans key (see ``nnunet-fm plans list``)."""
 
     fm_network = "nnunet_fm.architectures.dinov3_ffa.DINOv3FFA"
-    fm_defaults = {"few_shot_k": 5}  # the reference trains on 5 labelled volumes
+    # vesselbridge3d train.py: 5 labelled volumes, each visited once per epoch (one random crop), 1000 epochs
+    fm_defaults = {"few_shot_k": 5, "num_iterations_per_epoch": None, "num_val_iterations_per_epoch": None}
 
 
 class nnUNetTrainerDINOv3FFA_1shot(nnUNetTrainerDINOv3FFA):

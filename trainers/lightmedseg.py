@@ -23,7 +23,9 @@ class nnUNetTrainerLightMedSeg(nnUNetTrainerFMAdamW):
     )
     fm_unread = ("bg_weight", "use_mfb")  # the LightMedSeg loss weights classes itself
     fm_defaults = {
-        "num_epochs": 300,
+        "num_epochs": 300,  # paper §4: 300 epochs = 300 passes over the training cases
+        "num_iterations_per_epoch": None,
+        "num_val_iterations_per_epoch": None,
         "initial_lr": 1e-3,
         "weight_decay": 1e-4,
         "warmup_epochs": 10,

@@ -9,9 +9,8 @@ import numpy as np
 
 from nnunet_fm.atomic_io import atomic_write_json
 from nnunet_fm.errors import UserInputError
+from nnunet_fm.file_names import FEWSHOT_RECORD_NAME
 from nnunet_fm.options import Option
-
-RECORD_NAME = "fewshot_cases.json"
 
 
 def choose_cases(candidates: list[str], k: int | None, seed: int) -> list[str]:
@@ -58,23 +57,9 @@ class FewShotMixin:
             self.print_to_log_file(
                 f"WARNING: few_shot_k={k} but only {len(candidates)} usable training cases; using all of them."
             )
-        if k is not None:
-            self._fm_warn_if_pseudo_labelled(int(k), len(candidates))
         chosen = self._fm_recorded_or_new(candidates, None if k is None else int(k), seed)
         self._fm_split = (chosen, list(val_keys))
         return self._fm_split
-
-    def _fm_warn_if_pseudo_labelled(self, k: int, num_candidates: int) -> None:
-        """Few-shot sampling on a pseudo-labelled dataset is almost always a configuration carried over by mistake."""
-        from nnunetv2.paths import nnUNet_raw
-
-        from nnunet_fm.pseudolabel import MANIFEST_NAME
-
-        if nnUNet_raw and (Path(nnUNet_raw) / self.plans_manager.dataset_name / MANIFEST_NAME).is_file():
-            self.print_to_log_file(
-                f"WARNING: {self.plans_manager.dataset_name} is pseudo-labelled but few_shot_k={k} keeps only {k} "
-                f"of {num_candidates} training cases; re-add the configuration with few_shot_k=null."
-            )
 
     def _fm_drop_empty(self, keys: list[str]) -> list[str]:
         dataset = self.dataset_class(self.preprocessed_dataset_folder, list(keys))
@@ -87,7 +72,7 @@ class FewShotMixin:
         return kept
 
     def _fm_recorded_or_new(self, candidates: list[str], k: int | None, seed: int) -> list[str]:
-        record = Path(self.output_folder) / RECORD_NAME
+        record = Path(self.output_folder) / FEWSHOT_RECORD_NAME
         if record.is_file():
             saved = json.loads(record.read_text())
             if saved.get("few_shot_k") == k and saved.get("few_shot_seed") == seed:

@@ -20,8 +20,6 @@ class PlansOptionsMixin:
 
     fm_options = (
         Option("num_epochs", 1000, "Training epochs (nnU-Net default 1000).", "int", minimum=1),
-        Option("num_iterations_per_epoch", 250, "Training iterations per epoch.", "int", minimum=1),
-        Option("num_val_iterations_per_epoch", 50, "Validation iterations per epoch (pseudo-Dice).", "int", minimum=1),
         Option("save_every", 50, "Write checkpoint_latest.pth every N epochs.", "int", minimum=1),
     )
     fm_defaults: dict[str, Any] = {}
@@ -43,7 +41,7 @@ class PlansOptionsMixin:
             )
         self.fm_check_configuration(configuration)
         self._fm_options = self.fm_effective_options()
-        for name in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "save_every"):
+        for name in ("num_epochs", "save_every"):
             setattr(self, name, int(self.fm_option(name)))
         self.enable_deep_supervision = False
 
