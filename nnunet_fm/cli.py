@@ -48,6 +48,13 @@ def _cmd_plans_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plans_show(args: argparse.Namespace) -> int:
+    from nnunet_fm.plans import show_configuration
+
+    print(show_configuration(args.dataset, args.configuration, args.plans, args.trainer))
+    return 0
+
+
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from nnunet_fm.demo_data import DemoSpec, write_demo_dataset
 
@@ -198,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--force", action="store_true", help="replace a configuration nnunet-fm did not write")
     add.set_defaults(func=_cmd_plans_add)
     plans.add_parser("list", help="list templates, their keys and defaults").set_defaults(func=_cmd_plans_list)
+    show = plans.add_parser("show", help="effective value and source of every option of a configuration")
+    show.add_argument("-d", "--dataset", required=True, help="dataset id or name")
+    show.add_argument("-c", "--configuration", required=True)
+    show.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    show.add_argument("-tr", "--trainer", help="trainer (default: the one plans add recorded)")
+    show.set_defaults(func=_cmd_plans_show)
 
     demo_data = sub.add_parser("demo-data", help="write a synthetic few-shot vessel dataset")
     demo_data.add_argument("--out", required=True, help="nnUNet_raw folder to write into")

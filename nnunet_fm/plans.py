@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pydoc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,16 @@ from typing import Any
 from nnunet_fm.atomic_io import atomic_write_json, backup_file, file_lock
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.file_names import MANIFEST_NAME
-from nnunet_fm.options import resolve_options
-from nnunet_fm.templates import STRUCTURAL_KEYS, Template, load_template, resolve_patch, template_names
+from nnunet_fm.options import declared_options, fixed_options, network_options, resolve_options
+from nnunet_fm.templates import (
+    STRUCTURAL_KEYS,
+    Template,
+    format_options,
+    load_template,
+    resolve_patch,
+    template_names,
+    trainer_class,
+)
 
 METADATA_KEY = "nnunet_fm"
 
@@ -228,3 +237,51 @@ def configuration_warnings(dataset: str, template: Template, config: dict) -> li
             "add --set few_shot_k=null to use every labelled and pseudo-labelled case."
         )
     return warnings
+
+
+def show_configuration(
+    dataset: str | int, configuration: str, plans_id: str = "nnUNetPlans", trainer: str | None = None
+) -> str:
+    """Effective value of every option a plugin configuration's trainer and network read, and its source."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    path = plans_path(dataset, plans_id)
+    plans = read_plans(path)
+    if configuration not in plans["configurations"]:
+        raise UserInputError(
+            f"{path} has no configuration '{configuration}' (it has: {', '.join(plans['configurations'])})."
+        )
+    resolved = PlansManager(plans).get_configuration(configuration).configuration
+    metadata = plans["configurations"][configuration].get(METADATA_KEY) or resolved.get(METADATA_KEY) or {}
+    trainer = trainer or metadata.get("trainer")
+    if trainer is None:
+        raise UserInputError(
+            f"Configuration '{configuration}' was not written by `nnunet-fm plans add`; name the trainer with -tr."
+        )
+    template = load_template(metadata["template"]) if metadata.get("template") else None
+    user_keys = set(metadata.get("set", []))
+
+    def source(name: str, default_source: str) -> str:
+        if name in user_keys:
+            return "plans (--set)"
+        if template is not None and (name in template.options or name in template.arch_kwargs):
+            return f"plans (template {template.name})"
+        return default_source
+
+    trainer_cls = trainer_class(trainer)
+    lines = [f"{dataset_name(dataset)} / {configuration} ({path})", f"  trainer {trainer}:"]
+    effective = resolve_options(declared_options(trainer_cls), resolved, trainer, fixed_options(trainer_cls))
+    lines += format_options(effective, {k: source(k, e.source) for k, e in effective.items() if e.source == "plans"})
+    architecture = resolved.get("architecture") or {}
+    network_name = architecture.get("network_class_name", "")
+    if network_name.startswith("nnunet_fm."):
+        network = pydoc.locate(network_name)
+        effective = resolve_options(network_options(network), architecture.get("arch_kwargs", {}), network.__name__)
+        lines.append(f"  network {network_name} (architecture.arch_kwargs):")
+        lines += format_options(
+            effective, {k: source(k, e.source) for k, e in effective.items() if e.source == "plans"}
+        )
+    else:
+        lines.append(f"  network {network_name or '?'} (nnU-Net's; see its arch_kwargs in the plans file)")
+    lines.append(f"  patch_size {resolved['patch_size']}, batch_size {resolved['batch_size']}")
+    return "\n".join(lines)

@@ -180,3 +180,17 @@ def test_concurrent_plans_add_loses_no_configuration(nnunet_env):
     assert [p.wait(timeout=300) for p in procs] == [0] * len(names)
     configurations = json.loads(_plans_file(nnunet_env).read_text())["configurations"]
     assert set(names) <= set(configurations)
+
+
+def test_plans_show_prints_effective_values_and_sources(nnunet_env, capsys):
+    add = ["plans", "add", "-d", str(DATASET_ID), "--template", "dinov3_cube", "--name", "3d_show"]
+    assert main([*add, "--set", "few_shot_k=2", "head_width=32"]) == 0
+    capsys.readouterr()
+    assert main(["plans", "show", "-d", str(DATASET_ID), "-c", "3d_show"]) == 0
+    out = capsys.readouterr().out
+    assert "few_shot_k = 2  [plans (--set)]" in out and "head_width = 32  [plans (--set)]" in out
+    assert "separate_arms = true  [plans (template dinov3_cube)]" in out
+    assert "two_pass = true  [nnUNetTrainerDINOv3Cube default]" in out
+    assert "initial_lr = 0.001  [nnUNetTrainerDINOv3Cube default]" in out
+    assert "agg_heads" not in out  # an FFA key: not read here
+    assert main(["plans", "show", "-d", str(DATASET_ID), "-c", "nope"]) == 2
