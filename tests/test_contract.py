@@ -1,0 +1,104 @@
+"""One contract over every plugin trainer and its template (in the spirit of timm's tests/test_models.py).
+
+Each trainer is built in-process from the planned fixture dataset with its template (tiny settings), then:
+``initialize()``, one ``train_step``, one ``validation_step``, a checkpoint save/load round trip, and its
+effective options equal what it declares. Fast: no subprocess, no nnUNetv2 command.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_fm.ext_trainers import nnunet_fm_trainers
+from nnunet_fm.options import declared_options, fixed_options
+from nnunet_fm.plans import add_configuration
+from nnunet_fm.templates import load_template, template_for_trainer, template_names
+
+DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)
+TINY_ENCODER = {
+    "encoder_kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2},
+    "encoder_weights": "none",
+    "vit_amp": False,
+}
+TINY = {
+    "dinov3_ffa": {**TINY_ENCODER, "taps": [0, 1, 1], "agg_heads": 2, "patch_size": [16, 48, 48]},
+    "dinov3_cube": {**TINY_ENCODER, "taps": [0, 1], "cube_size": [8, 48, 48], "patch_size": [16, 48, 48]},
+    "lightmedseg": {"patch_size": [16, 48, 48], "batch_size": 2},
+    "unet_fewshot": {},
+}
+SHORT = {"num_epochs": 2, "num_iterations_per_epoch": 1, "num_val_iterations_per_epoch": 1}
+TRAINERS = sorted(nnunet_fm_trainers.__all__)
+
+
+def test_every_template_has_tiny_settings_and_every_trainer_a_template():
+    assert set(TINY) == set(template_names())
+    for trainer in TRAINERS:
+        template_for_trainer(trainer)  # raises when a trainer has no template
+
+
+def _build(env, trainer_name: str):
+    template, _ = template_for_trainer(trainer_name)
+    configuration = f"3d_contract_{trainer_name}"
+    add_configuration(DATASET_ID, template, name=configuration, overrides={**TINY[template], **SHORT})
+    folder = env.preprocessed / env.dataset_folder(DATASET_ID).name
+    plans = {
+        **json.loads((folder / "nnUNetPlans.json").read_text()),
+        "continue_training": False,
+    }  # run_training adds it
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    trainer_cls = getattr(nnunet_fm_trainers, trainer_name)
+    return trainer_cls(plans, configuration, 0, dataset_json, torch.device("cpu")), template
+
+
+@pytest.mark.parametrize("trainer_name", TRAINERS)
+def test_trainer_contract(nnunet_env, trainer_name, tmp_path):
+    trainer, template = _build(nnunet_env, trainer_name)
+    trainer_cls = type(trainer)
+
+    # effective options are exactly the declared ones; template values and pinned values win over defaults
+    declared = declared_options(trainer_cls)
+    effective = trainer.fm_effective_options()
+    assert set(effective) == set(declared)
+    for name, value in {**load_template(template).options, **fixed_options(trainer_cls)}.items():
+        assert effective[name].value == value
+    assert trainer.num_epochs == SHORT["num_epochs"]
+
+    trainer.on_train_start()  # initialize(), split, loss, dataloaders, budget
+    try:
+        assert trainer.num_iterations_per_epoch == 1 and trainer.num_val_iterations_per_epoch == 1
+        trainer.on_train_epoch_start()
+        loss = trainer.train_step(next(trainer.dataloader_train))["loss"]
+        assert np.isfinite(loss)
+        trainer.on_validation_epoch_start()
+        val = trainer.validation_step(next(trainer.dataloader_val))
+        assert np.isfinite(val["loss"]) and len(val["tp_hard"]) == trainer.label_manager.num_segmentation_heads - 1
+
+        checkpoint = tmp_path / "checkpoint.pth"
+        trainer.save_checkpoint(str(checkpoint))
+        saved = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+        with torch.no_grad():
+            for parameter in trainer.network.parameters():
+                parameter.add_(1.0)
+        trainer.load_checkpoint(str(checkpoint))
+        for key, value in trainer.network.state_dict().items():
+            assert torch.equal(value, saved[key]), key
+    finally:
+        trainer.dataloader_train = trainer.dataloader_val = None
+
+
+def test_trainer_refuses_a_configuration_that_builds_another_network(nnunet_env):
+    """`nnUNetv2_train D 3d_fullres 0 -tr nnUNetTrainerDINOv3FFA` must not silently train a plain U-Net."""
+    from nnunet_fm.errors import UserInputError
+
+    folder = nnunet_env.preprocessed / nnunet_env.dataset_folder(DATASET_ID).name
+    plans = json.loads((folder / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    for trainer_name in ("nnUNetTrainerDINOv3FFA", "nnUNetTrainerDINOv3Cube", "nnUNetTrainerLightMedSeg"):
+        trainer_cls = getattr(nnunet_fm_trainers, trainer_name)
+        with pytest.raises(UserInputError, match=r"nnunet-fm plans add -d Dataset951_\w+ --template"):
+            trainer_cls({**plans, "continue_training": False}, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+    # the stock U-Net baseline trains the parent's network by design
+    unet = nnunet_fm_trainers.nnUNetTrainerFMUNet
+    unet({**plans, "continue_training": False}, "3d_fullres", 0, dataset_json, torch.device("cpu"))
