@@ -96,13 +96,13 @@ def _model_folder(args: argparse.Namespace) -> str:
         raise UserInputError("Give -m MODEL_FOLDER, or -d DATASET -c CONFIGURATION [-tr TRAINER -p PLANS].")
     import os
 
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
     from nnunet_fm.plans import dataset_name
 
-    results = os.environ.get("nnUNet_results")
-    if not results:
+    if not os.environ.get("nnUNet_results"):
         raise UserInputError("nnUNet_results is not set (see `nnunet-fm env`).")
-    name = f"{args.trainer}__{args.plans}__{args.configuration}"
-    return os.path.join(results, dataset_name(args.dataset), name)
+    return get_output_folder(dataset_name(args.dataset), args.trainer, args.plans, args.configuration)
 
 
 def _cmd_pseudolabel(args: argparse.Namespace) -> int:

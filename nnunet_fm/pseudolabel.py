@@ -259,11 +259,11 @@ def pseudolabel(
 def next_steps(model_folder: str | Path, dataset_folder: str | Path) -> str:
     """The stock commands that plan the new dataset like the model's own and re-train on all of its cases."""
     from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+    from nnunetv2.utilities.file_path_utilities import parse_dataset_trainer_plans_configuration_from_path
 
-    model_folder, dataset_folder = Path(model_folder), Path(dataset_folder)
-    source_id = convert_dataset_name_to_id(model_folder.parent.name)
-    target_id = convert_dataset_name_to_id(dataset_folder.name)
-    plans = model_folder.name.split("__")[1]
+    source, _, plans, _ = parse_dataset_trainer_plans_configuration_from_path(str(model_folder))
+    source_id = convert_dataset_name_to_id(source)
+    target_id = convert_dataset_name_to_id(Path(dataset_folder).name)
     return "\n".join(
         [
             "Next (same plans and normalisation as the model's dataset; train on every case with fold 'all'):",

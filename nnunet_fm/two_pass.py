@@ -30,19 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["saved_tensor_peak", "two_pass_step", "unwrap_model"]
+from nnunet_fm.network_contract import SubCubeNetwork, unwrap
 
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip ``torch.compile`` (``_orig_mod``) and DDP / DataParallel (``.module``) wrappers."""
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    while True:
-        if isinstance(model, wrappers):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
+__all__ = ["saved_tensor_peak", "two_pass_step"]
 
 
 def _is_ddp(model: nn.Module) -> bool:
@@ -91,7 +81,9 @@ def two_pass_step(
     Returns the detached, unscaled loss. With DDP the wrapper's hooks are bypassed (only the
     unwrapped network is called), so gradients are averaged across ranks here, after pass 2.
     """
-    net = unwrap_model(model)
+    net = unwrap(model)
+    if not isinstance(net, SubCubeNetwork):
+        raise TypeError(f"two_pass_step needs a network with the sub-cube protocol; {type(net).__name__} has none.")
     regions = net.cube_slices(tuple(x.shape[2:]))
     features: list[Any] = []
     logits: Tensor | None = None

@@ -9,7 +9,8 @@ from torch import nn
 
 from nnunet_fm.architectures.dinov3_cube import DINOv3Cube, valid_cube_sizes
 from nnunet_fm.encoders import FrozenDINOv3
-from nnunet_fm.two_pass import saved_tensor_peak, two_pass_step, unwrap_model
+from nnunet_fm.network_contract import SubCubeNetwork, unwrap
+from nnunet_fm.two_pass import saved_tensor_peak, two_pass_step
 
 TINY = {"encoder_kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2}, "taps": (0, 1)}
 PATCH = [8, 32, 32]
@@ -150,7 +151,7 @@ def test_wrapped_models_are_unwrapped():
     x, y = make_batch()
     _, ref = ordinary_grads(model, x, y, ce_loss)
     for wrapped in (nn.DataParallel(model), torch.compile(model)):
-        assert unwrap_model(wrapped) is model
+        assert unwrap(wrapped) is model and isinstance(model, SubCubeNetwork)
         model.zero_grad(set_to_none=True)
         two_pass_step(wrapped, x, y, ce_loss)
         assert max_rel_error(trainable_grads(model), ref) < 1e-5

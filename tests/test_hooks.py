@@ -14,8 +14,9 @@ from nnunet_fm.hooks.class_balance import class_frequencies, class_weights, labe
 from nnunet_fm.hooks.few_shot import FewShotMixin, choose_cases
 from nnunet_fm.hooks.optim import warmup_cosine_lr
 from nnunet_fm.hooks.patch_filter import ForegroundFilteredBatches, foreground_fraction
-from nnunet_fm.hooks.prior_bias import output_heads, set_prior_bias
+from nnunet_fm.hooks.prior_bias import set_prior_bias
 from nnunet_fm.hooks.slice_mask import SliceMaskedLoss
+from nnunet_fm.network_contract import output_heads
 
 
 def test_mfb_weights_for_known_histogram():
@@ -158,3 +159,24 @@ def test_foreground_filter_redraws_low_samples_with_bounded_retries():
     assert batch["keys"] == ["s1_0", "s0_1"] and batch["data"][0, 0, 0] == 2.0  # data moved with its label
     stubborn = ForegroundFilteredBatches(_batches([[0.0]] * 4), 0.2, 2, None)
     assert foreground_fraction(next(stubborn)["target"], None).item() == 0.0  # gives up after 2 retries
+
+
+def test_compile_follows_nnunet_compile_when_set(monkeypatch):
+    from nnunet_fm.hooks.network import PlansNetworkMixin
+
+    class _Stock:
+        def _do_i_compile(self):
+            return "stock decision"
+
+    class _Trainer(PlansNetworkMixin, _Stock):
+        device = torch.device("cuda")
+
+        def fm_option(self, name):
+            return {"compile": True}[name]
+
+    monkeypatch.delenv("nnUNet_compile", raising=False)
+    assert _Trainer()._do_i_compile() is True
+    _Trainer.device = torch.device("cpu")
+    assert _Trainer()._do_i_compile() is False
+    monkeypatch.setenv("nnUNet_compile", "f")
+    assert _Trainer()._do_i_compile() == "stock decision"

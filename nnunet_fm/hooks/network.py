@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import os
 import pydoc
 
 from torch import nn
 
 from nnunet_fm.errors import UserInputError
-from nnunet_fm.hooks.prior_bias import unwrap
+from nnunet_fm.network_contract import FrozenEncoderNetwork, unwrap
 from nnunet_fm.options import Option
 
 
@@ -77,6 +78,9 @@ class PlansNetworkMixin:
             decoder.deep_supervision = enabled
 
     def _do_i_compile(self) -> bool:
+        """nnU-Net's ``nnUNet_compile`` variable decides when it is set; else the ``compile`` option (CUDA only)."""
+        if "nnUNet_compile" in os.environ:
+            return super()._do_i_compile()
         return self.device.type == "cuda" and bool(self.fm_option("compile"))
 
     def initialize(self):
@@ -105,5 +109,10 @@ class FrozenEncoderWeightsMixin:
         from nnunet_fm.encoders import resolve_weights_spec
 
         spec = resolve_weights_spec(self.fm_option("encoder_weights"))
-        report = unwrap(self.network).encoder.load_weights(spec)
+        network = unwrap(self.network)
+        if not isinstance(network, FrozenEncoderNetwork):
+            raise TypeError(
+                f"{type(self).__name__} loads encoder weights, but {type(network).__name__} has no encoder."
+            )
+        report = network.encoder.load_weights(spec)
         self.print_to_log_file(f"Frozen encoder weights: {report}")

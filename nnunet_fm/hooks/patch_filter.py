@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from nnunet_fm.hooks.slice_mask import foreground_mask
 from nnunet_fm.options import Option
 
 
 def foreground_fraction(target: torch.Tensor, ignore_label: int | None) -> torch.Tensor:
     """Per-sample fraction of foreground voxels in a label batch [B, 1, ...]."""
-    foreground = target > 0
-    if ignore_label is not None:
-        foreground &= target != ignore_label
-    return foreground.flatten(1).float().mean(1)
+    return foreground_mask(target, ignore_label).flatten(1).float().mean(1)
 
 
 class ForegroundFilteredBatches:

@@ -7,22 +7,8 @@ import torch
 from torch import nn
 
 from nnunet_fm.hooks.class_balance import class_frequencies
+from nnunet_fm.network_contract import output_heads
 from nnunet_fm.options import Option
-
-
-def unwrap(network: nn.Module) -> nn.Module:
-    """The plain module inside DDP and torch.compile wrappers."""
-    network = getattr(network, "module", network)
-    return getattr(network, "_orig_mod", network)
-
-
-def output_heads(network: nn.Module) -> list[nn.Module]:
-    """Classifier layers of a network: its ``output_heads()``, or nnU-Net's ``decoder.seg_layers``."""
-    network = unwrap(network)
-    if hasattr(network, "output_heads"):
-        return list(network.output_heads())
-    decoder = getattr(network, "decoder", None)
-    return list(getattr(decoder, "seg_layers", []))
 
 
 @torch.no_grad()

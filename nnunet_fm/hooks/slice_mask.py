@@ -8,12 +8,17 @@ from torch import nn
 MASK_VALUE = -1  # label value for masked voxels when the dataset has no ignore label of its own
 
 
-def low_foreground_slices(target: torch.Tensor, threshold: float, ignore_label: int | None) -> torch.Tensor:
-    """Boolean [B, D]: slices (along axis 2 of a [B, 1, D, H, W] label batch) whose fg fraction < threshold."""
+def foreground_mask(target: torch.Tensor, ignore_label: int | None) -> torch.Tensor:
+    """Boolean mask of labelled foreground voxels (label > 0 and not the ignore label)."""
     foreground = target > 0
     if ignore_label is not None:
         foreground &= target != ignore_label
-    return foreground.flatten(3).float().mean(-1)[:, 0] < threshold
+    return foreground
+
+
+def low_foreground_slices(target: torch.Tensor, threshold: float, ignore_label: int | None) -> torch.Tensor:
+    """Boolean [B, D]: slices (along axis 2 of a [B, 1, D, H, W] label batch) whose fg fraction < threshold."""
+    return foreground_mask(target, ignore_label).flatten(3).float().mean(-1)[:, 0] < threshold
 
 
 class SliceMaskedLoss(nn.Module):
