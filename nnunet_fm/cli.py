@@ -33,6 +33,8 @@ def _cmd_plans_add(args: argparse.Namespace) -> int:
     )
     print(f"Added configuration '{result.configuration}' to {result.plans_file} (backup: {result.backup.name})")
     print(f"  patch_size {result.patch_size}, batch_size {result.batch_size}")
+    if result.preprocess_command:
+        print(f"  this configuration has its own preprocessed data; run first: {result.preprocess_command}")
     for warning in result.warnings:
         print(f"  WARNING: {warning}")
     print(

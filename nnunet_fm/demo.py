@@ -20,6 +20,7 @@ FLAGSHIP = {
         "encoder_weights=none",
         "agg_heads=2",
         "few_shot_k=5",
+        "inplane_size=64",  # the demo's whole 64x64 slices at their own spacing (the reference: 336 on GPU)
     ],
 }
 
@@ -46,12 +47,14 @@ def prepare_dataset(
 
 
 def add_plans(ws: Workspace, dataset_id: int, template: str, settings: list[str], name: str | None = None) -> str:
-    """``nnunet-fm plans add``; returns the configuration name."""
-    args = ["nnunet-fm", "plans", "add", "-d", str(dataset_id), "--template", template]
-    if name:
-        args += ["--name", name]
-    output = ws.run(*args, "--set", *settings)
-    return output.split("Added configuration '")[1].split("'")[0]
+    """``nnunet-fm plans add`` (and ``nnUNetv2_preprocess`` when the configuration has its own data); its name."""
+    from nnunet_fm.plans import add_configuration, parse_assignments
+
+    with ws.environment():
+        result = add_configuration(dataset_id, template, name, overrides=parse_assignments(settings))
+    if result.preprocess_command:
+        ws.run("nnUNetv2_preprocess", "-d", str(dataset_id), "-c", result.configuration, "-np", ws.processes)
+    return result.configuration
 
 
 def run_demo(

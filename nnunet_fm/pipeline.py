@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +59,20 @@ class Workspace:
         # machines that costs minutes per command, so default to 1 unless the user chose a value
         env.setdefault("nnUNet_def_n_proc", "1")
         return env
+
+    @contextlib.contextmanager
+    def environment(self) -> Iterator[None]:
+        """This process's nnU-Net env vars pointed at the workspace for the duration (in-process API calls)."""
+        saved = {key: os.environ.get(key) for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+        os.environ.update({key: str(value) for key, value in self.env().items() if key in saved})
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     @property
     def processes(self) -> str:

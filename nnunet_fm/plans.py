@@ -19,11 +19,14 @@ from nnunet_fm.atomic_io import atomic_write_json, backup_file, file_lock
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.file_names import MANIFEST_NAME
 from nnunet_fm.options import declared_options, fixed_options, network_options, resolve_options
+from nnunet_fm.preprocessing_plan import check_preprocessing_keys, preprocessing_entries
 from nnunet_fm.templates import (
     STRUCTURAL_KEYS,
     Template,
     format_options,
+    global_patch_size,
     load_template,
+    patch_multiples,
     resolve_patch,
     template_names,
     trainer_class,
@@ -118,6 +121,7 @@ def _split_overrides(template: Template, overrides: dict[str, Any]) -> tuple[dic
 
 
 def _check_structural(structural: dict) -> None:
+    """patch_size and batch_size (the preprocessing keys are checked with their rules)."""
     patch = structural.get("patch_size")
     if patch is not None and (not isinstance(patch, list) or not all(isinstance(v, int) and v > 0 for v in patch)):
         raise UserInputError(f"patch_size must be a JSON list of positive ints, e.g. [32,128,128]; got {patch!r}.")
@@ -137,6 +141,7 @@ class AddResult:
     patch_size: list[int]
     batch_size: int
     warnings: list[str] = field(default_factory=list)
+    preprocess_command: str | None = None  # set when the configuration has its own preprocessed data
 
 
 def build_configuration(plans: dict, template: Template, overrides: dict[str, Any]) -> dict:
@@ -168,15 +173,34 @@ def build_configuration(plans: dict, template: Template, overrides: dict[str, An
             template.network_options(), effective_arch["arch_kwargs"] if architecture else {}, ""
         ).items()
     }
+    intensity = structural.get("intensity", template.intensity)
+    inplane_size = structural.get("inplane_size", template.inplane_size)
+    max_depth = structural.get("max_depth", template.max_depth)
+    check_preprocessing_keys(intensity, inplane_size, max_depth)
+    preprocessing, whole_slice_patch = preprocessing_entries(
+        parent,
+        plans.get("plans_name", "nnUNetPlans"),
+        template.parent,
+        intensity,
+        inplane_size,
+        max_depth,
+    )
     user_patch = structural.get("patch_size")
+    base_patch = whole_slice_patch or parent["patch_size"]
+    use_global = structural.get("global_patch", template.global_patch)
+    if not isinstance(use_global, bool):
+        raise UserInputError(f"global_patch={use_global!r} is not valid: expected true or false.")
+    if use_global:
+        multiples = patch_multiples(template.patch, len(base_patch), effective_arch, {**network_values, **options})
+        base_patch = global_patch_size(parent["median_image_size_in_voxels"], multiples)
     patch = resolve_patch(
         template.patch,
-        user_patch or parent["patch_size"],
+        user_patch or base_patch,
         effective_arch,
         {**network_values, **options},
         user_given=user_patch is not None,
     )
-    config: dict[str, Any] = {"inherits_from": template.parent, "patch_size": patch}
+    config: dict[str, Any] = {"inherits_from": template.parent, "patch_size": patch, **preprocessing}
     config["batch_size"] = structural.get("batch_size") or template.batch_size or parent["batch_size"]
     if architecture is not None:
         config["architecture"] = architecture
@@ -223,7 +247,12 @@ def add_configuration(
         backup = backup_file(path)
         atomic_write_json(path, plans)
     warnings = configuration_warnings(dataset_name(dataset), template, config)
-    return AddResult(path, backup, config_name, template.trainer, config["patch_size"], config["batch_size"], warnings)
+    preprocess = None
+    if "data_identifier" in config and not (path.parent / config["data_identifier"]).is_dir():
+        preprocess = f"nnUNetv2_preprocess -d {dataset_name(dataset)} -plans_name {plans_id} -c {config_name}"
+    return AddResult(
+        path, backup, config_name, template.trainer, config["patch_size"], config["batch_size"], warnings, preprocess
+    )
 
 
 def configuration_warnings(dataset: str, template: Template, config: dict) -> list[str]:

@@ -22,6 +22,13 @@ from nnunet_fm.options import (
 STRUCTURAL_KEYS = {
     "patch_size": "Patch size [D, H, W]; must satisfy the template's patch rules.",
     "batch_size": "Batch size.",
+    "intensity": "'affine': own preprocessing with unmasked z-score, so the encoder's per-slice min-max equals the "
+    "raw image's; 'parent': reuse the parent's preprocessed data (nnU-Net's normalisation).",
+    "inplane_size": "Whole-slice view: in-plane spacing chosen so the median slice spans this many voxels; patch "
+    "[min(max_depth, median depth), N, N]. null: the parent's spacing and patch.",
+    "max_depth": "Patch depth cap used with inplane_size.",
+    "global_patch": "true: the patch covers the dataset's median image (rounded up to the patch rules), so a "
+    "median case is predicted in one window and positions inside the patch are positions in the volume.",
 }
 
 
@@ -40,6 +47,10 @@ class Template:
     trainer: str
     patch: dict = field(default_factory=dict)
     batch_size: int | None = None
+    intensity: str = "parent"
+    inplane_size: int | None = None
+    max_depth: int = 64
+    global_patch: bool = False
     arch_kwargs: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
 
@@ -111,6 +122,10 @@ def describe_templates() -> str:
         lines.append(f"{name}: {t.description}")
         lines.append(f"  configuration: {t.configuration} (inherits_from {t.parent}); trainer: {t.trainer}")
         lines.append(f"  patch rules: {json.dumps(t.patch)}; batch_size: {t.batch_size or 'parent'}")
+        lines.append(
+            f"  intensity: {t.intensity}; inplane_size: {t.inplane_size}; max_depth: {t.max_depth}; "
+            f"global_patch: {json.dumps(t.global_patch)}"
+        )
         lines.append(f"  budget: {budget_formula(t)}")
         lines.append(f"  trainer options (top-level plans keys, read by {t.trainer}):")
         lines += format_options(
@@ -179,6 +194,11 @@ def patch_multiples(rules: dict, ndim: int, architecture: dict | None, options: 
             raise UserInputError(f"Patch rule {entry!r} has {len(per_axis)} axes but the patch has {ndim}.")
         multiples = [math.lcm(a, b) for a, b in zip(multiples, per_axis)]
     return multiples
+
+
+def global_patch_size(median_shape: list[int], multiples: list[int]) -> list[int]:
+    """The median image shape rounded up to the per-axis multiples: one window covers a median case."""
+    return [math.ceil(int(v) / m) * m for v, m in zip(median_shape, multiples)]
 
 
 def _valid_near(value: int, multiple: int, low: int) -> int:

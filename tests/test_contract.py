@@ -23,8 +23,16 @@ TINY_ENCODER = {
     "vit_amp": False,
 }
 TINY = {
-    "dinov3_ffa": {**TINY_ENCODER, "taps": [0, 1, 1], "agg_heads": 2, "patch_size": [16, 48, 48]},
-    "dinov3_cube": {**TINY_ENCODER, "taps": [0, 1], "cube_size": [8, 48, 48], "patch_size": [16, 48, 48]},
+    # the parent's preprocessed data (no nnUNetv2_preprocess in this fast test; the e2e FFA test runs it)
+    "dinov3_ffa": {
+        **TINY_ENCODER,
+        "taps": [0, 1, 1],
+        "agg_heads": 2,
+        "patch_size": [16, 48, 48],
+        "intensity": "parent",
+        "inplane_size": None,
+    },
+    "dinov3_cube": {**TINY_ENCODER, "taps": [0, 1], "cube_size": [8, 16, 16]},  # global patch: 16x48x48
     "lightmedseg": {"patch_size": [16, 48, 48], "batch_size": 2},
     "unet_fewshot": {},
 }

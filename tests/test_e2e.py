@@ -42,7 +42,9 @@ def ffa_model(planned_workspace):
     """
     ws = planned_workspace
     schedule = [*SHORT, "num_epochs=2", "num_iterations_per_epoch=6", "patch_size=[16,64,64]"]
-    configuration = add_plans(ws, DATASET_ID, "dinov3_ffa", [*schedule, *TINY_ENCODER, "agg_heads=2"])
+    configuration = add_plans(
+        ws, DATASET_ID, "dinov3_ffa", [*schedule, *TINY_ENCODER, "agg_heads=2", "inplane_size=48"]
+    )
     scores = train_predict_evaluate(
         ws, DATASET_ID, configuration, "nnUNetTrainerDINOv3FFA", predict_args=("--disable_tta",)
     )
@@ -207,7 +209,9 @@ def test_pseudolabel_then_retrain_with_stock_commands(planned_workspace, ffa_mod
 
     # round 2: FFA re-trained on every case of round 1 labels again; truth still comes from the original dataset
     schedule = ["num_epochs=2", "num_iterations_per_epoch=6", "num_val_iterations_per_epoch=1", "few_shot_k=null"]
-    ffa = add_plans(ws, 952, "dinov3_ffa", [*schedule, *TINY_ENCODER, "patch_size=[16,64,64]", "agg_heads=2"])
+    ffa = add_plans(
+        ws, 952, "dinov3_ffa", [*schedule, *TINY_ENCODER, "patch_size=[16,64,64]", "agg_heads=2", "inplane_size=48"]
+    )
     ws.run("nnUNetv2_train", "952", ffa, "all", "-tr", "nnUNetTrainerDINOv3FFA", "-device", "cpu")
     model_two = ws.results / new.name / f"nnUNetTrainerDINOv3FFA__nnUNetPlans__{ffa}"
     _pseudolabel(ws, model_two, "all", unlabelled, 953, "--keep-fraction", "1.0", "--voxel-threshold", "0.6")

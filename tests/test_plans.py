@@ -194,3 +194,28 @@ def test_plans_show_prints_effective_values_and_sources(nnunet_env, capsys):
     assert "initial_lr = 0.001  [nnUNetTrainerDINOv3Cube default]" in out
     assert "agg_heads" not in out  # an FFA key: not read here
     assert main(["plans", "show", "-d", str(DATASET_ID), "-c", "nope"]) == 2
+
+
+def test_whole_slice_geometry_fits_the_median_slice_into_inplane_size():
+    from nnunet_fm.preprocessing_plan import preprocessing_entries, whole_slice_geometry
+
+    parent = {
+        "spacing": [0.6, 0.4, 0.4],
+        "median_image_size_in_voxels": [180, 512, 500],
+        "normalization_schemes": ["CTNormalization"],
+    }
+    spacing, patch = whole_slice_geometry(parent, 336, 64)
+    assert spacing[0] == 0.6 and spacing[1] == spacing[2] == pytest.approx(512 * 0.4 / 336)
+    assert patch == [64, 336, 336]
+    assert whole_slice_geometry({**parent, "median_image_size_in_voxels": [40, 512, 500]}, 336, 64)[1][0] == 40
+    entries, _ = preprocessing_entries(parent, "nnUNetPlans", "3d_fullres", "affine", 336, 64)
+    assert entries["data_identifier"] == "nnUNetPlans_3d_fullres_fm_zscore_inplane336"
+    assert entries["normalization_schemes"] == ["ZScoreNormalization"] and entries["use_mask_for_norm"] == [False]
+    assert preprocessing_entries(parent, "nnUNetPlans", "3d_fullres", "parent", None, 64) == ({}, None)
+
+
+def test_cube_template_patch_covers_the_median_image(nnunet_env):
+    result = add_configuration(DATASET_ID, "dinov3_cube", name="3d_cube_global", overrides={"cube_size": [8, 16, 16]})
+    assert result.patch_size == [16, 48, 48]  # the fixture's median image, whole cubes of 8x16x16
+    result = add_configuration(DATASET_ID, "dinov3_cube", name="3d_cube_global", overrides={"cube_size": [5, 32, 32]})
+    assert result.patch_size == [20, 64, 64]  # rounded up: one window still covers a median case

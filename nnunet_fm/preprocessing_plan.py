@@ -1,0 +1,71 @@
+"""Configuration-level preprocessing a template asks for: encoder-faithful intensities and a whole-slice view.
+
+vesselbridge3d feeds DINOv3 raw intensities min-max-normalised per slice (``train.py`` ~197-207, ~1145) and
+resizes every whole axial slice to 336x336 (21x21 tokens) with 64-slice depth crops. In nnU-Net terms:
+
+- ``intensity: "affine"``: the configuration normalises with nnU-Net's ``ZScoreNormalization`` without a mask.
+  Any affine map with positive scale leaves per-slice min-max unchanged, so the encoder sees exactly the
+  reference's input; nnU-Net's CT scheme would first clip to the 0.5-99.5th percentile of *foreground* (for
+  vessels: vessel) intensities, a thresholded window the reference never shows DINOv3.
+- ``inplane_size: N``: the in-plane spacing is chosen so the dataset's median in-plane extent spans N voxels,
+  and the patch is ``[min(max_depth, median depth), N, N]``: each patch holds whole slices.
+
+Either one gives the configuration its own ``data_identifier``; ``nnUNetv2_preprocess -c NAME`` must then run
+(once per distinct preprocessing: configurations that preprocess alike share the data).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nnunet_fm.errors import UserInputError
+
+INTENSITY_CHOICES = ("parent", "affine")
+
+
+def check_preprocessing_keys(intensity: Any, inplane_size: Any, max_depth: Any) -> None:
+    """Clear errors for bad values of the template's preprocessing keys."""
+    if intensity not in INTENSITY_CHOICES:
+        raise UserInputError(f"intensity={intensity!r} is not valid: expected one of {list(INTENSITY_CHOICES)}.")
+    if inplane_size is not None and (
+        isinstance(inplane_size, bool) or not isinstance(inplane_size, int) or inplane_size < 16 or inplane_size % 16
+    ):
+        raise UserInputError(
+            f"inplane_size={inplane_size!r} is not valid: expected a multiple of 16 (e.g. 336, the reference's) "
+            "or null (keep the parent configuration's spacing and patch)."
+        )
+    if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:
+        raise UserInputError(f"max_depth={max_depth!r} is not valid: expected a positive integer (reference: 64).")
+
+
+def whole_slice_geometry(parent: dict, inplane_size: int, max_depth: int) -> tuple[list[float], list[int]]:
+    """(spacing, patch) that fit the parent's median in-plane extent into ``inplane_size`` voxels."""
+    spacing = [float(s) for s in parent["spacing"]]
+    median = [int(v) for v in parent["median_image_size_in_voxels"]]
+    if len(spacing) != 3:
+        raise UserInputError("inplane_size needs a 3D parent configuration; use --set inplane_size=null for 2D.")
+    extent = max(median[1] * spacing[1], median[2] * spacing[2])
+    inplane_spacing = extent / inplane_size
+    return [spacing[0], inplane_spacing, inplane_spacing], [min(max_depth, median[0]), inplane_size, inplane_size]
+
+
+def preprocessing_entries(
+    parent: dict, plans_name: str, parent_name: str, intensity: str, inplane_size: int | None, max_depth: int
+) -> tuple[dict, list[int] | None]:
+    """Configuration entries for the preprocessing keys, and the whole-slice patch (None when unchanged).
+
+    The ``data_identifier`` names the preprocessing, not the configuration, so configurations that preprocess
+    alike (e.g. a few-shot grid) share one preprocessed copy.
+    """
+    entries: dict[str, Any] = {}
+    patch = None
+    if intensity == "affine":
+        channels = len(parent["normalization_schemes"])
+        entries["normalization_schemes"] = ["ZScoreNormalization"] * channels
+        entries["use_mask_for_norm"] = [False] * channels
+    if inplane_size is not None:
+        entries["spacing"], patch = whole_slice_geometry(parent, inplane_size, max_depth)
+    if entries:
+        suffix = ("_zscore" if intensity == "affine" else "") + (f"_inplane{inplane_size}" if inplane_size else "")
+        entries["data_identifier"] = f"{plans_name}_{parent_name}_fm{suffix}"
+    return entries, patch
