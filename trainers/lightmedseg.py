@@ -29,7 +29,10 @@ class nnUNetTrainerLightMedSeg(nnUNetTrainerFMAdamW):
         "initial_lr": 1e-3,
         "weight_decay": 1e-4,
         "warmup_epochs": 10,
-        "grad_clip": 12.0,
+        # paper §4 names no gradient clipping, prior-bias init or logit clamp
+        "grad_clip": 0.0,
+        "init_prior_bias": False,
+        "logit_clamp": 0.0,
         "depth_min_fg_frac": 0.0,
         "drop_empty": False,
     }

@@ -18,7 +18,7 @@ class AmpClipTrainStepMixin:
     """
 
     fm_options = (
-        Option("grad_clip", 1.0, "Gradient-norm clipping threshold.", "float", minimum=0.0),
+        Option("grad_clip", 1.0, "Gradient-norm clipping threshold (0 = no clipping).", "float", minimum=0.0),
         Option(
             "amp_dtype",
             "bfloat16",
@@ -63,7 +63,9 @@ class AmpClipTrainStepMixin:
         parameters = [p for p in self.network.parameters() if p.requires_grad]
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(parameters, float(self.fm_option("grad_clip")))
+        clip = float(self.fm_option("grad_clip"))
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(parameters, clip)
         if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
