@@ -41,7 +41,7 @@ def ffa_model(planned_workspace):
     patch (16x64x64) is larger than the 16x48x48 volumes: nnU-Net pads in training and prediction.
     """
     ws = planned_workspace
-    schedule = [*SHORT, "num_epochs=2", "num_iterations_per_epoch=6", "patch_size=[16,64,64]"]
+    schedule = [*SHORT[2:], "num_epochs=2", "num_iterations_per_epoch=6", "patch_size=[16,64,64]"]
     configuration = add_plans(
         ws, DATASET_ID, "dinov3_ffa", [*schedule, *TINY_ENCODER, "agg_heads=2", "inplane_size=48"]
     )
@@ -67,6 +67,7 @@ def test_dinov3_ffa_trains_predicts_and_evaluates_with_stock_commands(planned_wo
     assert len(list(mirrored.glob("*.nii.gz"))) == 2
 
 
+@pytest.mark.slow
 def test_dinov3_cube_two_pass_trains_predicts_and_evaluates(planned_workspace):
     ws = planned_workspace
     configuration = add_plans(ws, DATASET_ID, "dinov3_cube", [*SHORT, *TINY_ENCODER, "cube_size=[8,16,16]"])
@@ -76,6 +77,7 @@ def test_dinov3_cube_two_pass_trains_predicts_and_evaluates(planned_workspace):
     _check_scores(scores)
 
 
+@pytest.mark.slow
 def test_ensemble_plugin_with_stock_nnunet(planned_workspace, ffa_model):
     """find_best_configuration + nnUNetv2_ensemble over the FFA model and stock nnU-Net (fold 0, --npz)."""
     ws = planned_workspace
@@ -141,6 +143,7 @@ def test_ensemble_plugin_with_stock_nnunet(planned_workspace, ffa_model):
     _check_scores(mean_dice(ensembled / "summary.json"))
 
 
+@pytest.mark.slow
 def test_lightmedseg_trains_predicts_and_evaluates_with_stock_commands(planned_workspace):
     ws = planned_workspace
     configuration = add_plans(ws, DATASET_ID, "lightmedseg", [*SHORT, "batch_size=2"])
@@ -150,6 +153,7 @@ def test_lightmedseg_trains_predicts_and_evaluates_with_stock_commands(planned_w
     _check_scores(scores)
 
 
+@pytest.mark.slow
 def test_stock_trainer_selects_lightmedseg_through_network_class_name(planned_workspace):
     """Plan-file customisation only: a stock nnU-Net trainer builds LightMedSeg from network_class_name."""
     ws = planned_workspace
@@ -168,6 +172,7 @@ def _pseudolabel(ws, model, fold, unlabelled, out_id, *selection):
     )
 
 
+@pytest.mark.slow
 def test_pseudolabel_then_retrain_with_stock_commands(planned_workspace, ffa_model):
     """K-shot FFA -> nnunet-fm pseudolabel -> plan like the source (integrity check) -> re-train LightMedSeg and
     FFA on every case (fold all) -> predict -> evaluate; then a second round pseudo-labels from the re-trained FFA.

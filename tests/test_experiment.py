@@ -39,6 +39,7 @@ def test_trainer_prefixed_settings_apply_to_that_trainer_only():
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_experiment_grid_runs_writes_tables_and_resumes(planned_workspace):
     ws = planned_workspace
     out = ws.root / "experiment"
