@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,8 @@ class Option:
     choices: tuple | None = None
     minimum: float | None = None
     maximum: float | None = None
+    validate: Callable[[Any], bool] | None = None  # for values the kinds cannot express; ``values`` describes them
+    values: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -57,6 +60,8 @@ class Option:
 
     def describe_values(self) -> str:
         """The accepted values, in words (for error messages and ``plans list``)."""
+        if self.values:
+            return self.values
         text = " or ".join(json.dumps(c) for c in self.choices) if self.choices else _KINDS[self.kind]
         if self.minimum is not None or self.maximum is not None:
             text += f" in [{self.minimum if self.minimum is not None else '-inf'}, "
@@ -74,6 +79,8 @@ class Option:
         )
 
     def _accepts(self, value: Any) -> bool:
+        if self.validate is not None:
+            return self.validate(value)
         if value is None:
             return self.nullable or (self.choices is not None and None in self.choices)
         if self.choices is not None:

@@ -85,6 +85,11 @@ def test_trainer_contract(nnunet_env, trainer_name, tmp_path):
 
         checkpoint = tmp_path / "checkpoint.pth"
         trainer.save_checkpoint(str(checkpoint))
+        # stock nnUNetv2_predict mirrors over exactly the axes the checkpoint allows
+        mirror = effective["mirror_axes"].value
+        expected_axes = (0, 1, 2) if mirror == "nnunet" else (tuple(mirror) if mirror else None)
+        stored = torch.load(checkpoint, weights_only=False)["inference_allowed_mirroring_axes"]
+        assert stored == expected_axes
         saved = {k: v.clone() for k, v in trainer.network.state_dict().items()}
         with torch.no_grad():
             for parameter in trainer.network.parameters():

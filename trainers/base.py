@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_fm.hooks.augmentation import AugmentationMixin
 from nnunet_fm.hooks.budget import EpochBudgetMixin
 from nnunet_fm.hooks.class_balance import ClassBalanceMixin
 from nnunet_fm.hooks.few_shot import FewShotMixin
@@ -18,6 +19,7 @@ from nnunet_fm.hooks.train_step import AmpClipTrainStepMixin
 class nnUNetTrainerFMBase(
     PlansOptionsMixin,
     EpochBudgetMixin,
+    AugmentationMixin,
     FewShotMixin,
     ForegroundFilterMixin,
     ClassBalanceMixin,

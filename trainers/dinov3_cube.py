@@ -32,6 +32,9 @@ class nnUNetTrainerDINOv3Cube(nnUNetTrainerFMFrozenEncoder):
         "depth_min_fg_frac": 0.0,
         "init_prior_bias": False,
         "drop_empty": False,
+        # a frozen 2D encoder on axial slices: the FFA reference's in-plane augmentation, no mirroring
+        "augmentation": "reference",
+        "mirror_axes": None,
     }
 
     def forward_backward(self, data: torch.Tensor, target) -> torch.Tensor:

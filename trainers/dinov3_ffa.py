@@ -10,7 +10,14 @@ class nnUNetTrainerDINOv3FFA(nnUNetTrainerFMFrozenEncoder):
 
     fm_network = "nnunet_fm.architectures.dinov3_ffa.DINOv3FFA"
     # vesselbridge3d train.py: 5 labelled volumes, each visited once per epoch (one random crop), 1000 epochs
-    fm_defaults = {"few_shot_k": 5, "num_iterations_per_epoch": None, "num_val_iterations_per_epoch": None}
+    # vesselbridge3d: no flips in training (aug_hflip_p / aug_vflip_p 0), no test-time mirroring (inference.py)
+    fm_defaults = {
+        "few_shot_k": 5,
+        "num_iterations_per_epoch": None,
+        "num_val_iterations_per_epoch": None,
+        "augmentation": "reference",
+        "mirror_axes": None,
+    }
 
 
 class nnUNetTrainerDINOv3FFA_1shot(nnUNetTrainerDINOv3FFA):

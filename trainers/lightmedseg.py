@@ -35,6 +35,8 @@ class nnUNetTrainerLightMedSeg(nnUNetTrainerFMAdamW):
         "logit_clamp": 0.0,
         "depth_min_fg_frac": 0.0,
         "drop_empty": False,
+        "augmentation": "lightmedseg",  # §4: random flipping, rotation, Gaussian noise
+        "mirror_axes": None,  # flips in training only; no test-time mirroring
     }
 
     def _build_loss(self):

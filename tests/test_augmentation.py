@@ -1,0 +1,79 @@
+"""The `augmentation` and `mirror_axes` plans keys: the reference pipeline's invariants, nnU-Net's unchanged."""
+
+import numpy as np
+import pytest
+import torch
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from batchgeneratorsv2.transforms.utils.random import RandomTransform
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_fm.hooks.augmentation import AugmentationMixin, reference_transforms
+
+PATCH = (6, 40, 40)
+
+
+def _spatial_part(patch):
+    return ComposeTransforms(reference_transforms(patch)[:3])  # 3D->2D, shared 2D affine, 2D->3D
+
+
+def test_reference_affine_is_shared_by_every_slice_and_leaves_depth_alone():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    pattern = torch.rand(1, 1, *PATCH[1:])
+    depth_profile = torch.arange(1, PATCH[0] + 1, dtype=torch.float32).view(1, -1, 1, 1)
+    image = pattern * depth_profile  # slice d = (d + 1) * the same in-plane pattern
+    seg = (pattern > 0.5).long().expand(1, *PATCH).clone()
+    for _ in range(5):
+        out = _spatial_part(PATCH)(image=image.clone(), segmentation=seg.clone())
+        moved, moved_seg = out["image"], out["segmentation"]
+        assert moved.shape == (1, *PATCH) and moved_seg.shape == (1, *PATCH)
+        assert not torch.allclose(moved, image)  # something moved in-plane
+        # every slice got the same in-plane transform, and the depth profile is untouched
+        torch.testing.assert_close(moved / depth_profile, (moved / depth_profile)[:, :1].expand_as(moved))
+        assert (moved_seg == moved_seg[:, :1]).all()
+
+
+def test_reference_shift_stays_within_ten_percent_of_the_slice():
+    np.random.seed(1)
+    size = PATCH[1]
+    image = torch.zeros(1, *PATCH)
+    image[:, :, size // 2 - 1 : size // 2 + 1, size // 2 - 1 : size // 2 + 1] = 1.0  # a dot at the centre
+    shifts = []
+    for _ in range(60):
+        out = _spatial_part(PATCH)(image=image.clone())["image"][0, 0]
+        ys, xs = np.nonzero(out.numpy() > 0.05)
+        shifts.append(max(abs(ys.mean() - (size - 1) / 2), abs(xs.mean() - (size - 1) / 2)))
+    assert max(shifts) <= 0.1 * size + 1.0  # rotation/scale keep the centre; only the +-10 % shift moves it
+    assert max(shifts) > 0.05 * size  # and the shift is used
+
+
+def test_reference_intensity_probabilities_and_no_flips():
+    transforms = reference_transforms(PATCH)
+    probabilities = [t.apply_probability for t in transforms if isinstance(t, RandomTransform)]
+    assert probabilities == [0.3, 0.2]
+    assert not any("Mirror" in type(t).__name__ for t in transforms)
+
+
+class _Trainer(AugmentationMixin, nnUNetTrainer):
+    def __init__(self, options):  # no nnU-Net set-up: only the two hooks are exercised
+        self.options = options
+
+    def fm_option(self, name):
+        return self.options[name]
+
+
+def test_nnunet_choice_returns_nnunets_pipeline_unchanged():
+    args = (PATCH, (-0.5, 0.5), None, (0, 1, 2), False)
+    ours = _Trainer({"augmentation": "nnunet"}).get_training_transforms(*args)
+    stock = nnUNetTrainer.get_training_transforms(*args)
+    assert [type(t).__name__ for t in ours.transforms] == [type(t).__name__ for t in stock.transforms]
+
+
+@pytest.mark.parametrize("choice", ["reference", "lightmedseg"])
+def test_paper_pipelines_end_with_nnunets_label_handling(choice):
+    pipeline = _Trainer({"augmentation": choice}).get_training_transforms(PATCH, (-0.5, 0.5), None, None, False)
+    names = [type(t).__name__ for t in pipeline.transforms]
+    assert names[-1] == "RemoveLabelTransform"  # the class behind nnU-Net's RemoveLabelTansform alias
+    assert ("MirrorTransform" in names) == (choice == "lightmedseg")  # the paper flips; the reference never does
+    out = pipeline(image=torch.rand(1, *PATCH), segmentation=torch.randint(0, 3, (1, *PATCH)))
+    assert out["image"].shape == (1, *PATCH) and out["segmentation"].min() >= 0
