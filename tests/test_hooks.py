@@ -180,3 +180,24 @@ def test_compile_follows_nnunet_compile_when_set(monkeypatch):
     assert _Trainer()._do_i_compile() is False
     monkeypatch.setenv("nnUNet_compile", "f")
     assert _Trainer()._do_i_compile() == "stock decision"
+
+
+def test_present_class_dice_averages_over_present_pairs_only():
+    from nnunet_fm.hooks.slice_mask import PresentClassSoftDiceLoss
+
+    probs = torch.zeros(2, 3, 1, 2, 2)
+    target = torch.zeros(2, 1, 1, 2, 2, dtype=torch.long)
+    target[0, 0, 0, 0, 0] = 1  # sample 0: class 1 only; class 2 absent
+    target[1, 0, 0, 0, :] = 2  # sample 1: class 2 only
+    probs[:, 0] = 1.0
+    probs[0, :, 0, 0, 0] = torch.tensor([0.0, 1.0, 0.0])  # sample 0 predicts its class-1 voxel perfectly
+    probs[1, :, 0, 0, 0] = torch.tensor([0.0, 0.0, 1.0])  # sample 1 finds one of its two class-2 voxels
+    probs[1, :, 0, 0, 1] = torch.tensor([1.0, 0.0, 0.0])
+    loss = PresentClassSoftDiceLoss(smooth=0.0)(probs, target)
+    # present pairs: (0, class 1) Dice 1, (1, class 2) Dice 2*1/(1+2) = 2/3; absent pairs ignored
+    assert loss.item() == pytest.approx(-(1.0 + 2.0 / 3.0) / 2.0)
+    # nnU-Net's Dice averages over all pairs, absent ones included (Dice 0 each with smooth 0)
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    stock = MemoryEfficientSoftDiceLoss(do_bg=False, smooth=0.0, ddp=False)(probs, target)
+    assert stock.item() == pytest.approx(-(1.0 + 2.0 / 3.0) / 4.0)

@@ -17,6 +17,7 @@ class nnUNetTrainerDINOv3FFA(nnUNetTrainerFMFrozenEncoder):
         "num_val_iterations_per_epoch": None,
         "augmentation": "reference",
         "mirror_axes": None,
+        "dice_present_classes_only": True,  # train.py ~1035
     }
 
 

@@ -21,7 +21,7 @@ class nnUNetTrainerLightMedSeg(nnUNetTrainerFMAdamW):
             "boundary_weight", 1.0, "Weight of the boundary BCE term of the LightMedSeg loss.", "float", minimum=0.0
         ),
     )
-    fm_unread = ("bg_weight", "use_mfb")  # the LightMedSeg loss weights classes itself
+    fm_unread = ("bg_weight", "use_mfb", "dice_present_classes_only")  # its own loss (paper §3.7)
     fm_defaults = {
         "num_epochs": 300,  # paper §4: 300 epochs = 300 passes over the training cases
         "num_iterations_per_epoch": None,

@@ -57,6 +57,12 @@ class ClassBalanceMixin:
             maximum=1.0,
         ),
         Option(
+            "dice_present_classes_only",
+            False,
+            "Average soft Dice over the foreground classes present in each sample's labels (vesselbridge3d).",
+            "bool",
+        ),
+        Option(
             "logit_clamp",
             20.0,
             "Clamp logits to +-this before the loss (0 disables; loss in fp32).",
@@ -98,4 +104,5 @@ class ClassBalanceMixin:
             logit_clamp=float(self.fm_option("logit_clamp")),
             batch_dice=self.configuration_manager.batch_dice,
             ddp=self.is_ddp,
+            present_classes_only=bool(self.fm_option("dice_present_classes_only")),
         )
