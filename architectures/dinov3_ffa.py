@@ -37,12 +37,14 @@ class UNETRLiteDecoder(nn.Module):
     1x1 classifier. Returns logits at ``f3``'s (1/4) in-plane resolution.
     """
 
-    def __init__(self, dim: int, f3_channels: int, num_classes: int, width: int = 128) -> None:
+    def __init__(
+        self, dim: int, f3_channels: int, num_classes: int, width: int = 128, skip_gate_channels: int | None = 1
+    ) -> None:
         super().__init__()
         self.deep_supervision = False
         self.bottom = ConvNormAct(dim, width, 1)
         self.up1 = UpBlock3d(width, dim, width)
-        self.fuse = GatedSkipFusion(dim, f3_channels)
+        self.fuse = GatedSkipFusion(dim, f3_channels, skip_gate_channels)
         self.up2 = UpBlock3d(width, dim, width)
         self.refine = ConvNormAct(width, width, (1, 3, 3))
         self.classifier = nn.Conv3d(width, num_classes, 1)
@@ -55,17 +57,18 @@ class UNETRLiteDecoder(nn.Module):
 
 
 class DepthGatedRefineHead(nn.Module):
-    """Refine 1/4-res logits at ``f2``'s (1/2) resolution with a depth-gated 2D/3D mix.
+    """Refine 1/4-res logits at the (1/2) resolution of the projected adapter feature ``f2p``.
 
-    ``x = [up(logits), 1x1(f2)]``; ``g = sigmoid(1x1(x))``; ``h = CNA(1,3,3)(x)``;
-    ``h2d = CNA(1,3,3)(h)``; ``h3d = CNA(1,3,3)(conv(3,1,1)(h))``; ``out = 1x1(SE(h2d + g * h3d))``.
+    ``x = [up(logits), f2p]``; ``g = sigmoid(1x1(x))``; ``h = CNA(1,3,3)(x)``; ``h2d = CNA(1,3,3)(h)``;
+    ``h3d = CNA(1,3,3)(conv(3,1,1)(h))``; ``out = 1x1(SE(h2d + g * h3d))``. The gate has ``gate_channels``
+    channels: 1 in the reference (vesselbridge3d ``train.py`` ``Refine3DHead``: one depth gate per voxel),
+    ``None`` for one gate per channel.
     """
 
-    def __init__(self, num_classes: int, f2_channels: int, width: int = 64) -> None:
+    def __init__(self, num_classes: int, f2p_channels: int, width: int = 128, gate_channels: int | None = 1) -> None:
         super().__init__()
-        self.proj_f2 = nn.Conv3d(f2_channels, width, 1)
-        in_ch = num_classes + width
-        self.gate = nn.Conv3d(in_ch, width, 1)
+        in_ch = num_classes + f2p_channels
+        self.gate = nn.Conv3d(in_ch, gate_channels or width, 1)
         self.conv_in = ConvNormAct(in_ch, width, (1, 3, 3))
         self.conv_2d = ConvNormAct(width, width, (1, 3, 3))
         self.conv_3d = nn.Sequential(
@@ -75,8 +78,8 @@ class DepthGatedRefineHead(nn.Module):
         self.se = SqueezeExcite(width, 4)
         self.classifier = nn.Conv3d(width, num_classes, 1)
 
-    def forward(self, logits: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([resize_inplane(logits, f2.shape[-2:]), self.proj_f2(f2)], dim=1)
+    def forward(self, logits: torch.Tensor, f2p: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([resize_inplane(logits, f2p.shape[-2:]), f2p], dim=1)
         g = torch.sigmoid(self.gate(x))
         h = self.conv_in(x)
         return self.classifier(self.se(self.conv_2d(h) + g * self.conv_3d(h)))
@@ -85,7 +88,7 @@ class DepthGatedRefineHead(nn.Module):
 class ChunkedHRHead2d(nn.Module):
     """Full-resolution 2D head run on chunks of ``chunk_slices`` slices.
 
-    Input per slice: ``[up(logits), up(1x1(f2.detach()))]`` (the adapter gets no gradient through
+    Input per slice: ``[up(logits), up(1x1(f2p.detach()))]`` (the adapter gets no gradient through
     this head). Body: 3x3 CNA -> depthwise 3x3 CNA -> pointwise CNA -> SE -> 1x1 classifier. The
     upsampling happens per chunk, so only one chunk of full-resolution activations exists at a time
     (with ``grad_checkpointing`` also during training).
@@ -96,7 +99,7 @@ class ChunkedHRHead2d(nn.Module):
         num_classes: int,
         f2_channels: int,
         skip_channels: int = 16,
-        width: int = 32,
+        width: int = 128,
         chunk_slices: int = 16,
         grad_checkpointing: bool = True,
     ) -> None:
@@ -105,7 +108,7 @@ class ChunkedHRHead2d(nn.Module):
             raise ValueError(f"hr_chunk_slices must be >= 1, got {chunk_slices}")
         self.chunk_slices = int(chunk_slices)
         self.grad_checkpointing = bool(grad_checkpointing)
-        self.proj_f2 = nn.Conv3d(f2_channels, skip_channels, 1)
+        self.proj_f2 = nn.Conv3d(f2_channels, skip_channels, 1, bias=False)
         self.body = nn.Sequential(
             ConvNormAct(num_classes + skip_channels, width, 3, spatial_dims=2),
             ConvNormAct(width, width, 3, groups=width, spatial_dims=2),
@@ -182,8 +185,11 @@ class DINOv3FFA(nn.Module):
         rope_base: float = 10000.0,
         grad_checkpointing: bool = True,
         decoder_channels: int = 128,
-        refine_channels: int = 64,
-        hr_channels: int = 32,
+        skip_gate_channels: int | None = 1,
+        refine_skip_channels: int = 64,
+        refine_channels: int = 128,
+        refine_gate_channels: int | None = 1,
+        hr_channels: int = 128,
         hr_skip_channels: int = 16,
         hr_chunk_slices: int = 16,
     ) -> None:
@@ -225,11 +231,17 @@ class DINOv3FFA(nn.Module):
             rope_base=rope_base,
             grad_checkpointing=grad_checkpointing,
         )
-        self.decoder = UNETRLiteDecoder(dim, adapter_channels[1], self.num_classes, decoder_channels)
-        self.refine_head = DepthGatedRefineHead(self.num_classes, adapter_channels[0], refine_channels)
+        self.decoder = UNETRLiteDecoder(
+            dim, adapter_channels[1], self.num_classes, decoder_channels, skip_gate_channels
+        )
+        # F2 projected once (train.py f2_proj_ref), shared by the refine head and, detached, the HR head
+        self.f2_proj = nn.Conv3d(adapter_channels[0], refine_skip_channels, 1, bias=False)
+        self.refine_head = DepthGatedRefineHead(
+            self.num_classes, refine_skip_channels, refine_channels, refine_gate_channels
+        )
         self.hr_head = ChunkedHRHead2d(
             self.num_classes,
-            adapter_channels[0],
+            refine_skip_channels,
             hr_skip_channels,
             hr_channels,
             hr_chunk_slices,
@@ -267,5 +279,6 @@ class DINOv3FFA(nn.Module):
         f2, f3 = self.adapter(torch.cat([x, z.to(x.dtype).view(1, 1, d, 1, 1).expand(b, 1, d, h, w)], 1))
         a_lo, a_mid, a_hi = self.aggregator(feats)
         logits = self.decoder(a_lo, a_mid, a_hi, f3)
-        logits = self.refine_head(logits, f2)
-        return self.hr_head(logits, f2, (h, w)).float()
+        f2p = self.f2_proj(f2)
+        logits = self.refine_head(logits, f2p)
+        return self.hr_head(logits, f2p, (h, w)).float()

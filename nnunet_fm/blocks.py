@@ -141,7 +141,7 @@ class ConvNeXtBlock3d(nn.Module):
     """ConvNeXt-style 3D block with a parallel depth branch.
 
     ``dwconv(kernel)`` + ``dwconv(depth_kernel)`` (summed, both depthwise on the input channels,
-    same stride) -> channels-last LayerNorm -> MLP ``in -> mlp_ratio*out -> out`` with GELU ->
+    same stride) -> channels-last LayerNorm -> MLP ``in -> mlp_ratio*in -> out`` with GELU ->
     layer scale -> DropPath -> residual. The residual goes through a strided 1x1x1 conv when the
     channel count or resolution changes. With very few input channels (e.g. 2 at a network input)
     the LayerNorm output carries little information; the 1x1x1 shortcut keeps the linear signal.
@@ -167,7 +167,8 @@ class ConvNeXtBlock3d(nn.Module):
             in_channels, in_channels, kd, stride, tuple(s // 2 for s in kd), groups=in_channels
         )
         self.norm = LayerNorm(in_channels)
-        self.mlp = Mlp(in_channels, int(mlp_ratio * out_channels), out_channels, act_layer=nn.GELU)
+        # hidden width from the input width, as vesselbridge3d's ConvNeXtAniso3DBlock (train.py ~449)
+        self.mlp = Mlp(in_channels, int(mlp_ratio * in_channels), out_channels, act_layer=nn.GELU)
         self.ls = LayerScale(out_channels, init_values=layer_scale_init)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if in_channels != out_channels or any(s != 1 for s in stride):
@@ -263,14 +264,15 @@ class UpBlock3d(nn.Module):
 class GatedSkipFusion(nn.Module):
     """Fuse a coarse feature ``a`` with a finer one ``f``: ``a + sigmoid(W[a, P f]) * P f``.
 
-    ``a`` is resized in-plane to ``f``'s size first; ``P`` (1x1x1) maps ``f`` to ``a``'s channels
-    and ``W`` (1x1x1) produces a per-channel, per-voxel gate. Output: ``a``'s channels at ``f``'s size.
+    ``a`` is resized in-plane to ``f``'s size first; ``P`` (1x1x1, no bias) maps ``f`` to ``a``'s channels
+    and ``W`` (1x1x1) produces the gate: ``gate_channels`` per voxel (1 in vesselbridge3d's ``f3_gate3d``;
+    ``None`` = one per channel). Output: ``a``'s channels at ``f``'s size.
     """
 
-    def __init__(self, channels: int, fine_channels: int) -> None:
+    def __init__(self, channels: int, fine_channels: int, gate_channels: int | None = 1) -> None:
         super().__init__()
-        self.proj = nn.Conv3d(fine_channels, channels, 1)
-        self.gate = nn.Conv3d(2 * channels, channels, 1)
+        self.proj = nn.Conv3d(fine_channels, channels, 1, bias=False)
+        self.gate = nn.Conv3d(2 * channels, gate_channels or channels, 1)
 
     def forward(self, a: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         a = resize_inplane(a, f.shape[-2:])

@@ -70,8 +70,8 @@ class SliceAttention(nn.Module):
         if self.head_dim % 2:
             raise ValueError(f"SliceAttention: head dim {self.head_dim} must be even for RoPE")
         self.rope_base = float(rope_base)
-        self.qkv = nn.Linear(dim, 3 * attn_dim)
-        self.proj = nn.Linear(attn_dim, dim)
+        self.qkv = nn.Linear(dim, 3 * attn_dim, bias=False)
+        self.proj = nn.Linear(attn_dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, d, h, w, c = x.shape
@@ -98,9 +98,9 @@ class PooledSpatialAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = _check_heads(attn_dim, num_heads)
         self.pool = int(pool)
-        self.q = nn.Linear(dim, attn_dim)
-        self.kv = nn.Linear(dim, 2 * attn_dim)
-        self.proj = nn.Linear(attn_dim, dim)
+        self.q = nn.Linear(dim, attn_dim, bias=False)
+        self.kv = nn.Linear(dim, 2 * attn_dim, bias=False)
+        self.proj = nn.Linear(attn_dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, d, h, w, c = x.shape
