@@ -75,9 +75,13 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 def _cmd_check_dataset(args: argparse.Namespace) -> int:
     from nnunet_fm.dataset_check import check_raw_dataset
+    from nnunet_fm.hooks.splits import few_case_note
 
     cases = check_raw_dataset(args.folder)
     print(f"{args.folder}: {len(cases)} training case(s), no problems found")
+    note = few_case_note(len(cases))
+    if note:
+        print(f"  note: {note}")
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from nnunet_fm.atomic_io import atomic_write_json, backup_file, file_lock
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.file_names import MANIFEST_NAME
+from nnunet_fm.hooks.splits import NNUNET_FOLDS, few_case_note
 from nnunet_fm.options import declared_options, fixed_options, network_options, resolve_options
 from nnunet_fm.preprocessing_plan import check_preprocessing_keys, preprocessing_entries
 from nnunet_fm.templates import (
@@ -259,6 +260,11 @@ def configuration_warnings(dataset: str, template: Template, config: dict) -> li
     """Things that are legal but almost always a mistake, told once when the configuration is written."""
     nnUNet_raw = os.environ.get("nnUNet_raw")
     warnings = []
+    preprocessed = Path(os.environ.get("nnUNet_preprocessed", "")) / dataset / "dataset.json"
+    if preprocessed.is_file():
+        note = few_case_note(int(json.loads(preprocessed.read_text()).get("numTraining", NNUNET_FOLDS)))
+        if note:
+            warnings.append(note)
     few_shot_k = config.get("few_shot_k", template.trainer_options()["few_shot_k"].default)
     if few_shot_k is not None and nnUNet_raw and (Path(nnUNet_raw) / dataset / MANIFEST_NAME).is_file():
         warnings.append(

@@ -13,6 +13,7 @@ from nnunet_fm.hooks.optim import AdamWWarmupCosineMixin
 from nnunet_fm.hooks.patch_filter import ForegroundFilterMixin
 from nnunet_fm.hooks.plans_options import PlansOptionsMixin
 from nnunet_fm.hooks.prior_bias import PriorBiasMixin
+from nnunet_fm.hooks.splits import SmallDatasetSplitMixin
 from nnunet_fm.hooks.train_step import AmpClipTrainStepMixin
 
 
@@ -21,6 +22,7 @@ class nnUNetTrainerFMBase(
     EpochBudgetMixin,
     AugmentationMixin,
     FewShotMixin,
+    SmallDatasetSplitMixin,
     ForegroundFilterMixin,
     ClassBalanceMixin,
     PriorBiasMixin,
