@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from nnunet_fm.blocks import ConvNormAct, upsample_inplane
-from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenDINOv3, zchannel_slices
+from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenDINOv3, no_fp16_autocast, zchannel_slices
 from nnunet_fm.options import SIGNATURE, Option
 
 __all__ = ["CubeDepthEmbedding", "CubeHead", "DINOv3Cube", "valid_cube_sizes"]
@@ -236,7 +236,8 @@ class DINOv3Cube(nn.Module):
     def decode_cube(self, features: Tensor, x_cube: Tensor, cube_index: int) -> Tensor:
         """Trainable head of one cube: logits ``[B, num_classes, d, H, W]``."""
         head = self.heads[cube_index if self.separate_arms else 0]
-        return head(features, x_cube, self.depth_embed, self._cube_layer(cube_index))
+        with no_fp16_autocast(x_cube.device.type):  # the head's first conv sees the ViT's raw outliers
+            return head(features, x_cube, self.depth_embed, self._cube_layer(cube_index))
 
     def forward(self, x: Tensor) -> Tensor:
         """Encode and decode every cube and re-assemble ``[B, num_classes, D, H, W]``."""

@@ -23,7 +23,7 @@ from nnunet_fm.blocks import (
     UpBlock3d,
     resize_inplane,
 )
-from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenDINOv3, zchannel_slices
+from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenDINOv3, no_fp16_autocast, zchannel_slices
 from nnunet_fm.ffa import ParallelFFAAggregator
 
 __all__ = ["ChunkedHRHead2d", "DINOv3FFA", "DepthGatedRefineHead", "UNETRLiteDecoder"]
@@ -271,6 +271,10 @@ class DINOv3FFA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        with no_fp16_autocast(x.device.type):  # the aggregator sees the ViT's raw outliers
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, d, h, w = x.shape
         z = torch.arange(d, device=x.device, dtype=torch.float32) / d
         feats = [

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,17 @@ __all__ = [
 ENCODER_WEIGHTS_ENV_VAR = "nnUNet_fm_encoder_weights"
 
 _MAX_KEYS_SHOWN = 5
+
+
+def no_fp16_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Inside an fp16 autocast (nnU-Net's validation and prediction on CUDA), run in bf16 instead.
+
+    Frozen ViT features carry activation outliers beyond fp16's range (65504); bf16 has fp32's exponent range.
+    Outside fp16 autocast this changes nothing.
+    """
+    if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16:
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 #: network options of every network built on FrozenDINOv3 (defaults: the network constructor's)
@@ -177,10 +188,9 @@ class FrozenDINOv3(nn.Module):
             return [images.new_zeros((0, self.embed_dim, h // p, w // p)) for _ in self.taps]
         param = next(self.vit.parameters())
         images = images.to(device=param.device, dtype=param.dtype)
-        if self.amp:
-            ctx = torch.autocast(device_type=images.device.type, dtype=torch.bfloat16)
-        else:
-            ctx = nullcontext()
+        # Never the caller's autocast: nnU-Net validates and predicts under fp16 autocast on CUDA, and DINOv3's
+        # large activation outliers overflow fp16. bf16 (fp32's exponent range) when ``amp``, else fp32.
+        ctx = torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=self.amp)
         # timm returns intermediates in block order, so ask for sorted unique taps and map back
         blocks = sorted(set(self.taps))
         per_block: list[list[torch.Tensor]] = [[] for _ in blocks]
