@@ -20,7 +20,13 @@ class PlansOptionsMixin:
 
     fm_options = (
         Option("num_epochs", 1000, "Training epochs (nnU-Net default 1000).", "int", minimum=1),
-        Option("save_every", 50, "Write checkpoint_latest.pth every N epochs.", "int", minimum=1),
+        Option(
+            "save_every",
+            10,
+            "Write checkpoint_latest.pth every N epochs (nnU-Net: 50; --c resumes from it).",
+            "int",
+            minimum=1,
+        ),
     )
     fm_defaults: dict[str, Any] = {}
     fm_fixed: dict[str, Any] = {}
