@@ -1,0 +1,96 @@
+"""DDP on CPU (gloo, 2 processes): each rank's gradients equal the single-process gradient of the whole batch.
+
+Covers the two-pass step's own gradient all-reduce (sub-cube model) and plain DDP on DINOv3-FFA without
+``find_unused_parameters`` (frozen encoder excluded, every trainable parameter used in each step).
+"""
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from nnunet_fm.architectures.dinov3_cube import DINOv3Cube
+from nnunet_fm.architectures.dinov3_ffa import DINOv3FFA
+from nnunet_fm.two_pass import two_pass_step
+
+pytestmark = pytest.mark.e2e
+TINY_ENCODER = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+PATCH = (4, 32, 32)
+
+
+def _model(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    if kind == "cube":
+        model = DINOv3Cube(1, 3, list(PATCH), taps=(0, 1), cube_size=[2, 16, 16], encoder_kwargs=TINY_ENCODER)
+    else:
+        model = DINOv3FFA(
+            1, 3, taps=(0, 1, 1), agg_heads=2, agg_drop_path=0.0, adapter_drop_path=0.0, encoder_kwargs=TINY_ENCODER
+        )
+    return model.train()
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(4, 1, *PATCH, generator=g), torch.randint(0, 3, (4, *PATCH), generator=g)
+
+
+def _loss(logits, target):
+    return nn.functional.cross_entropy(logits, target)  # mean over the batch: rank means average to it
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _step(kind, model, x, y):
+    if kind == "cube":
+        two_pass_step(model, x, y, _loss)
+    else:
+        _loss(model(x), y).backward()
+
+
+def _rank(rank: int, kind: str, port: int, queue) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        model = _model(kind)
+        ddp = nn.parallel.DistributedDataParallel(model)  # no find_unused_parameters
+        x, y = _batch()
+        half = slice(2 * rank, 2 * rank + 2)
+        _step(kind, ddp, x[half], y[half])
+        queue.put((rank, {n: g.numpy() for n, g in _grads(model).items()}))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", ["cube", "ffa"])
+def test_two_ranks_match_the_single_process_full_batch(kind):
+    reference_model = _model(kind)
+    x, y = _batch()
+    _step(kind, reference_model, x, y)
+    reference = _grads(reference_model)
+    assert not any(p.requires_grad for p in reference_model.encoder.parameters())
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_rank, args=(r, kind, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for rank in (0, 1):
+        assert results[rank].keys() == reference.keys()
+        for name, grad in reference.items():
+            torch.testing.assert_close(torch.from_numpy(results[rank][name]), grad, rtol=1e-4, atol=1e-6, msg=name)
