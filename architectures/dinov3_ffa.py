@@ -12,21 +12,30 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath, LayerNorm, LayerScale, Mlp, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from nnunet_fm.blocks import (
-    ConvNeXtPyramid3d,
-    ConvNormAct,
-    GatedSkipFusion,
-    SqueezeExcite,
-    UpBlock3d,
-    resize_inplane,
-)
+from nnunet_fm.blocks import ConvNormAct, IntOrTuple, SqueezeExcite, as_tuple, resize_inplane, upsample_inplane
 from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenDINOv3, no_fp16_autocast, zchannel_slices
-from nnunet_fm.ffa import ParallelFFAAggregator
 
-__all__ = ["ChunkedHRHead2d", "DINOv3FFA", "DepthGatedRefineHead", "UNETRLiteDecoder"]
+__all__ = [
+    "ChunkedHRHead2d",
+    "ConvNeXtBlock3d",
+    "ConvNeXtPyramid3d",
+    "DINOv3FFA",
+    "DepthGatedRefineHead",
+    "FFABlock",
+    "FFACore",
+    "FiLM",
+    "GatedSkipFusion",
+    "ParallelFFAAggregator",
+    "PooledSpatialAttention",
+    "SliceAttention",
+    "UNETRLiteDecoder",
+    "UpBlock3d",
+    "rope_1d",
+]
 
 
 class UNETRLiteDecoder(nn.Module):
@@ -286,3 +295,369 @@ class DINOv3FFA(nn.Module):
         f2p = self.f2_proj(f2)
         logits = self.refine_head(logits, f2p)
         return self.hr_head(logits, f2p, (h, w)).float()
+
+
+# ---- 3D pyramidal adapter and decoder blocks ----
+
+
+class FiLM(nn.Module):
+    """Unconditional feature-wise affine modulation ``(1 + gamma) * x + beta`` on dim 1.
+
+    ``gamma`` and ``beta`` are per-channel parameters initialised to zero, so the layer starts as
+    the identity. Works for any tensor rank ``>= 2`` with channels on dim 1.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return x * (1.0 + self.gamma.view(shape)) + self.beta.view(shape)
+
+
+class ConvNeXtBlock3d(nn.Module):
+    """ConvNeXt-style 3D block with a parallel depth branch.
+
+    ``dwconv(kernel)`` + ``dwconv(depth_kernel)`` (summed, both depthwise on the input channels,
+    same stride) -> channels-last LayerNorm -> MLP ``in -> mlp_ratio*in -> out`` with GELU ->
+    layer scale -> DropPath -> residual. The residual goes through a strided 1x1x1 conv when the
+    channel count or resolution changes. With very few input channels (e.g. 2 at a network input)
+    the LayerNorm output carries little information; the 1x1x1 shortcut keeps the linear signal.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        stride: IntOrTuple = 1,
+        kernel_size: IntOrTuple = (3, 7, 7),
+        depth_kernel_size: IntOrTuple = (3, 1, 1),
+        mlp_ratio: float = 4.0,
+        layer_scale_init: float = 1e-6,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        out_channels = in_channels if out_channels is None else out_channels
+        stride = as_tuple(stride, 3)
+        k, kd = as_tuple(kernel_size, 3), as_tuple(depth_kernel_size, 3)
+        self.dwconv = nn.Conv3d(in_channels, in_channels, k, stride, tuple(s // 2 for s in k), groups=in_channels)
+        self.dwconv_depth = nn.Conv3d(
+            in_channels, in_channels, kd, stride, tuple(s // 2 for s in kd), groups=in_channels
+        )
+        self.norm = LayerNorm(in_channels)
+        # hidden width from the input width, as vesselbridge3d's ConvNeXtAniso3DBlock (train.py ~449)
+        self.mlp = Mlp(in_channels, int(mlp_ratio * in_channels), out_channels, act_layer=nn.GELU)
+        self.ls = LayerScale(out_channels, init_values=layer_scale_init)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if in_channels != out_channels or any(s != 1 for s in stride):
+            self.shortcut: nn.Module = nn.Conv3d(in_channels, out_channels, 1, stride)
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dwconv(x) + self.dwconv_depth(x)
+        y = self.ls(self.mlp(self.norm(y.permute(0, 2, 3, 4, 1))))
+        return self.shortcut(x) + self.drop_path(y.permute(0, 4, 1, 2, 3))
+
+
+class ConvNeXtPyramid3d(nn.Module):
+    """Pyramid of :class:`ConvNeXtBlock3d` stages returning one feature map per stage.
+
+    Stage ``i`` has ``depth`` blocks of ``channels[i]`` channels; its first block downsamples by
+    ``stride`` (default ``(1, 2, 2)``: in-plane only). With the defaults the outputs are at 1/2, 1/4,
+    ... of the input's in-plane size.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: Sequence[int] = (48, 64),
+        depth: int = 2,
+        stride: IntOrTuple = (1, 2, 2),
+        drop_path: float = 0.0,
+        **block_kwargs,
+    ) -> None:
+        super().__init__()
+        if depth < 1 or len(channels) < 1:
+            raise ValueError("ConvNeXtPyramid3d needs at least one stage of at least one block")
+        self.channels = tuple(int(c) for c in channels)
+        stages = []
+        prev = in_channels
+        for ch in self.channels:
+            blocks = [
+                ConvNeXtBlock3d(
+                    prev if i == 0 else ch,
+                    ch,
+                    stride=stride if i == 0 else 1,
+                    drop_path=drop_path,
+                    **block_kwargs,
+                )
+                for i in range(depth)
+            ]
+            stages.append(nn.Sequential(*blocks))
+            prev = ch
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+
+class UpBlock3d(nn.Module):
+    """UNETR-Lite style decoder step on ``[N, C, D, H, W]`` tensors.
+
+    ``x`` is upsampled in-plane by ``factor`` (trilinear), ``skip`` is resized to match; both are
+    projected to ``out_channels`` by 1x1x1 convs, concatenated, passed through two
+    ``(1, 3, 3)`` ConvNormAct layers and a squeeze-excitation.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        factor: int = 2,
+        kernel_size: IntOrTuple = (1, 3, 3),
+        se_reduction: int = 4,
+        norm_groups: int = 8,
+    ) -> None:
+        super().__init__()
+        self.factor = int(factor)
+        self.proj_x = nn.Conv3d(in_channels, out_channels, 1)
+        self.proj_skip = nn.Conv3d(skip_channels, out_channels, 1)
+        self.conv1 = ConvNormAct(2 * out_channels, out_channels, kernel_size, norm_groups=norm_groups)
+        self.conv2 = ConvNormAct(out_channels, out_channels, kernel_size, norm_groups=norm_groups)
+        self.se = SqueezeExcite(out_channels, se_reduction)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = upsample_inplane(x, self.factor)
+        skip = resize_inplane(skip, x.shape[-2:])
+        x = torch.cat([self.proj_x(x), self.proj_skip(skip)], dim=1)
+        return self.se(self.conv2(self.conv1(x)))
+
+
+class GatedSkipFusion(nn.Module):
+    """Fuse a coarse feature ``a`` with a finer one ``f``: ``a + sigmoid(W[a, P f]) * P f``.
+
+    ``a`` is resized in-plane to ``f``'s size first; ``P`` (1x1x1, no bias) maps ``f`` to ``a``'s channels
+    and ``W`` (1x1x1) produces the gate: ``gate_channels`` per voxel (1 in vesselbridge3d's ``f3_gate3d``;
+    ``None`` = one per channel). Output: ``a``'s channels at ``f``'s size.
+    """
+
+    def __init__(self, channels: int, fine_channels: int, gate_channels: int | None = 1) -> None:
+        super().__init__()
+        self.proj = nn.Conv3d(fine_channels, channels, 1, bias=False)
+        self.gate = nn.Conv3d(2 * channels, gate_channels or channels, 1)
+
+    def forward(self, a: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        a = resize_inplane(a, f.shape[-2:])
+        pf = self.proj(f)
+        return a + torch.sigmoid(self.gate(torch.cat([a, pf], dim=1))) * pf
+
+
+# ---- Parallel FFA aggregator ----
+# Parallel FFA aggregator: lifts per-slice 2D foundation features ``[B, C, D, h, w]`` to 3D.
+#
+# One :class:`FFACore` is shared by all taps; each tap gets its own input and output :class:`FiLM`.
+# The core adds a learned slice position embedding, runs a 3x3x3 conv stem and then a stack of
+# :class:`FFABlock` (slice attention with 1D RoPE, pooled global spatial attention, FFN), all
+# pre-norm residual. The blocks work channels-last (``[B, D, h, w, C]``).
+
+
+def rope_1d(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Apply 1D rotary position embedding along the second-to-last axis of ``x``.
+
+    ``x``: ``[..., L, head_dim]`` (head_dim even); ``positions``: ``[L]`` (may be fractional).
+    Channel pairs ``(i, i + head_dim/2)`` are rotated by ``positions * base**(-2i/head_dim)``, so
+    ``<rope(q, p), rope(k, p')>`` depends on ``p' - p`` only. Computed in fp32, returned in x's dtype.
+    """
+    hd = x.shape[-1]
+    if hd % 2:
+        raise ValueError(f"rope_1d needs an even head dim, got {hd}")
+    half = hd // 2
+    inv_freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = positions.to(device=x.device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    cos, sin = angles.cos(), angles.sin()
+    xf = x.float()
+    x1, x2 = xf[..., :half], xf[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+def _check_heads(attn_dim: int, num_heads: int) -> int:
+    if num_heads < 1 or attn_dim % num_heads:
+        raise ValueError(
+            f"FFA attention: num_heads={num_heads} must divide the attention dim {attn_dim} "
+            f"(= embed_dim * attn_ratio); choose agg_heads among the divisors of {attn_dim}."
+        )
+    return attn_dim // num_heads
+
+
+class SliceAttention(nn.Module):
+    """Multi-head attention along depth, independently for every in-plane token.
+
+    Input/output ``[B, D, h, w, C]``. q/k/v project ``C -> attn_dim``; q and k get a 1D RoPE over
+    the slice index; the result is projected back ``attn_dim -> C``.
+    """
+
+    def __init__(self, dim: int, attn_dim: int, num_heads: int, rope_base: float = 10000.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = _check_heads(attn_dim, num_heads)
+        if self.head_dim % 2:
+            raise ValueError(f"SliceAttention: head dim {self.head_dim} must be even for RoPE")
+        self.rope_base = float(rope_base)
+        self.qkv = nn.Linear(dim, 3 * attn_dim, bias=False)
+        self.proj = nn.Linear(attn_dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, d, h, w, c = x.shape
+        t = x.permute(0, 2, 3, 1, 4).reshape(b * h * w, d, c)
+        qkv = self.qkv(t).reshape(b * h * w, d, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        pos = torch.arange(d, device=x.device)
+        q, k = rope_1d(q, pos, self.rope_base), rope_1d(k, pos, self.rope_base)
+        o = F.scaled_dot_product_attention(q, k, v)
+        o = self.proj(o.transpose(1, 2).reshape(b * h * w, d, -1))
+        return o.reshape(b, h, w, d, c).permute(0, 3, 1, 2, 4)
+
+
+class PooledSpatialAttention(nn.Module):
+    """Global attention within each slice with pooled keys/values.
+
+    Input/output ``[B, D, h, w, C]``. Queries come from all ``h*w`` tokens of a slice; keys and
+    values from the slice average-pooled to ``ceil(h/pool) x ceil(w/pool)`` (exact ``pool x pool``
+    averaging when h, w are multiples of ``pool``).
+    """
+
+    def __init__(self, dim: int, attn_dim: int, num_heads: int, pool: int = 2) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = _check_heads(attn_dim, num_heads)
+        self.pool = int(pool)
+        self.q = nn.Linear(dim, attn_dim, bias=False)
+        self.kv = nn.Linear(dim, 2 * attn_dim, bias=False)
+        self.proj = nn.Linear(attn_dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, d, h, w, c = x.shape
+        n = b * d
+        t = x.reshape(n, h, w, c)
+        ph, pw = -(-h // self.pool), -(-w // self.pool)
+        pooled = F.adaptive_avg_pool2d(t.permute(0, 3, 1, 2), (ph, pw)).flatten(2).transpose(1, 2)
+        q = self.q(t.reshape(n, h * w, c)).reshape(n, h * w, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = self.kv(pooled).reshape(n, ph * pw, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, kv[0], kv[1])
+        o = self.proj(o.transpose(1, 2).reshape(n, h * w, -1))
+        return o.reshape(b, d, h, w, c)
+
+
+class FFABlock(nn.Module):
+    """Pre-norm residual block: slice attention, pooled spatial attention, FFN (channels-last)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 6,
+        attn_ratio: float = 0.5,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        rope_base: float = 10000.0,
+        kv_pool: int = 2,
+    ) -> None:
+        super().__init__()
+        attn_dim = int(dim * attn_ratio)
+        self.norm1 = LayerNorm(dim)
+        self.slice_attn = SliceAttention(dim, attn_dim, num_heads, rope_base)
+        self.norm2 = LayerNorm(dim)
+        self.spatial_attn = PooledSpatialAttention(dim, attn_dim, num_heads, kv_pool)
+        self.norm3 = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.slice_attn(self.norm1(x)))
+        x = x + self.drop_path(self.spatial_attn(self.norm2(x)))
+        return x + self.drop_path(self.mlp(self.norm3(x)))
+
+
+class FFACore(nn.Module):
+    """Shared aggregator core on ``[B, C, D, h, w]`` -> same shape.
+
+    Slice position embedding (``max_slices`` rows, scaled by a learned gain initialised to 1) ->
+    ``stem_depth`` x ConvNormAct(3x3x3, GroupNorm(8), SiLU) -> ``depth`` x :class:`FFABlock`.
+    With ``grad_checkpointing`` the stem convs and blocks are recomputed in the backward pass while
+    training (``torch.utils.checkpoint``, non-reentrant).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int = 2,
+        num_heads: int = 6,
+        attn_ratio: float = 0.5,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        max_slices: int = 512,
+        stem_depth: int = 2,
+        norm_groups: int = 8,
+        rope_base: float = 10000.0,
+        kv_pool: int = 2,
+        grad_checkpointing: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_heads(int(dim * attn_ratio), num_heads)
+        self.max_slices = int(max_slices)
+        self.grad_checkpointing = bool(grad_checkpointing)
+        self.slice_pos = nn.Parameter(torch.zeros(self.max_slices, dim))
+        self.slice_pos_gain = nn.Parameter(torch.ones(()))
+        trunc_normal_(self.slice_pos, std=0.02)
+        self.stem = nn.ModuleList([ConvNormAct(dim, dim, 3, norm_groups=norm_groups) for _ in range(stem_depth)])
+        self.blocks = nn.ModuleList(
+            [FFABlock(dim, num_heads, attn_ratio, mlp_ratio, drop_path, rope_base, kv_pool) for _ in range(depth)]
+        )
+
+    def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(module, x, use_reentrant=False)
+        return module(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x.shape[2]
+        if d > self.max_slices:
+            raise ValueError(f"FFACore: {d} slices exceed max_slices={self.max_slices}")
+        pos = (self.slice_pos[:d] * self.slice_pos_gain).transpose(0, 1)
+        x = x + pos[None, :, :, None, None].to(x.dtype)
+        for conv in self.stem:
+            x = self._run(conv, x)
+        x = x.permute(0, 2, 3, 4, 1)
+        for blk in self.blocks:
+            x = self._run(blk, x)
+        return x.permute(0, 4, 1, 2, 3).contiguous()
+
+
+class ParallelFFAAggregator(nn.Module):
+    """One shared :class:`FFACore` applied to ``num_taps`` feature maps with per-tap FiLM in/out.
+
+    ``forward(feats)`` takes ``num_taps`` tensors ``[B, C, D, h, w]`` and returns as many, each
+    ``film_out[i](core(film_in[i](feats[i])))``. The taps are run through the core together as
+    one batch of ``num_taps * B``.
+    """
+
+    def __init__(self, dim: int, num_taps: int, **core_kwargs) -> None:
+        super().__init__()
+        self.num_taps = int(num_taps)
+        self.core = FFACore(dim, **core_kwargs)
+        self.film_in = nn.ModuleList([FiLM(dim) for _ in range(self.num_taps)])
+        self.film_out = nn.ModuleList([FiLM(dim) for _ in range(self.num_taps)])
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if len(feats) != self.num_taps:
+            raise ValueError(f"ParallelFFAAggregator expects {self.num_taps} taps, got {len(feats)}")
+        x = torch.cat([film(f) for film, f in zip(self.film_in, feats)], dim=0)
+        outs = self.core(x).chunk(self.num_taps, dim=0)
+        return [film(o) for film, o in zip(self.film_out, outs)]

@@ -14,10 +14,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from nnunet_fm.architectures.lightmedseg import (
     AnchorFiLM,
     AnchorPositionBias,
+    DiceCEBoundaryLoss,
     GhostConv3D,
     LightMedSeg,
+    boundary_band,
+    inverse_frequency_weights,
 )
-from nnunet_fm.lightmedseg_loss import DiceCEBoundaryLoss, boundary_band, inverse_frequency_weights
 
 SMALL = (16, 32, 48)
 
