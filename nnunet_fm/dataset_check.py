@@ -18,7 +18,13 @@ def load_dataset_json(folder: Path) -> dict:
     path = folder / "dataset.json"
     if not path.is_file():
         raise UserInputError(f"{path} is missing; an nnU-Net raw dataset needs a dataset.json.")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserInputError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); fix the file "
+            "(nnU-Net's dataset_format.md shows the expected content)."
+        ) from exc
     missing = [k for k in ("channel_names", "labels", "file_ending") if k not in meta]
     if missing:
         raise UserInputError(f"{path} lacks {missing}; see nnU-Net's dataset_format.md.")
@@ -49,6 +55,9 @@ def check_case(case: str, images_dir: Path, labels_dir: Path | None, meta: dict,
             f"case '{case}': missing channel file(s) {missing} in {images_dir} (dataset.json declares "
             f"{len(channel_files)} channel(s))"
         ]
+    for path in channel_files:
+        if np.isnan(sitk.GetArrayViewFromImage(sitk.ReadImage(str(path)))).any():
+            problems.append(f"case '{case}': {path.name} contains NaN voxels; replace them (e.g. by the minimum)")
     reference_size, reference_spacing = _geometry(channel_files[0])
     others = [(p, _geometry(p)) for p in channel_files[1:]]
     label_file = labels_dir / f"{case}{ending}" if labels_dir is not None else None
@@ -78,6 +87,36 @@ def check_case(case: str, images_dir: Path, labels_dir: Path | None, meta: dict,
     return problems
 
 
+def file_name_problems(images_dir: Path, labels_dir: Path | None, meta: dict) -> list[str]:
+    """Files that no case check would see: a case without ``_0000``, extra channels, orphan labels."""
+    ending, channels = meta["file_ending"], len(meta["channel_names"])
+    problems: list[str] = []
+    found: dict[str, set[int]] = {}
+    for path in sorted(images_dir.glob(f"*{ending}")):
+        stem = path.name[: -len(ending)]
+        case, sep, channel = stem.rpartition("_")
+        if not sep or len(channel) != 4 or not channel.isdigit():
+            problems.append(f"{path.name} in {images_dir.name}: image files must be named CASE_XXXX{ending}")
+            continue
+        found.setdefault(case, set()).add(int(channel))
+    for case, present in sorted(found.items()):
+        if 0 not in present:
+            problems.append(f"case '{case}': no {case}_0000{ending} (channel files found: {sorted(present)})")
+        extra = sorted(c for c in present if c >= channels)
+        if extra:
+            problems.append(
+                f"case '{case}': channel file(s) {[f'{case}_{c:04d}{ending}' for c in extra]} beyond the "
+                f"{channels} channel(s) dataset.json declares; remove them or declare the channels"
+            )
+    if labels_dir is not None:
+        for label in sorted(labels_dir.glob(f"*{ending}")):
+            if label.name[: -len(ending)] not in found:
+                problems.append(
+                    f"label {label.name} in {labels_dir.name} has no image {label.name[: -len(ending)]}_0000{ending}"
+                )
+    return problems
+
+
 def allowed_label_values(meta: dict) -> set[int]:
     """Label values a label file may hold (class values and the ignore label)."""
     values: set[int] = set()
@@ -99,7 +138,12 @@ def check_raw_dataset(folder: str | Path) -> list[str]:
                 problems.append(f"{images_dir} is missing")
             continue
         labels_dir = folder / f"labels{split}"
-        for case in case_identifiers(images_dir, meta["file_ending"]):
+        labels = labels_dir if labels_dir.is_dir() else None
+        problems += file_name_problems(images_dir, labels, meta)
+        cases = case_identifiers(images_dir, meta["file_ending"])
+        if split == "Tr" and not cases:
+            problems.append(f"{images_dir} holds no training case (files named CASE_0000{meta['file_ending']})")
+        for case in cases:
             problems += check_case(case, images_dir, labels_dir if labels_dir.is_dir() else None, meta, allowed)
     if problems:
         listed = "\n  - ".join(problems)

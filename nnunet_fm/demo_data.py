@@ -119,11 +119,25 @@ def write_demo_dataset(
     seed: int = 0,
 ) -> Path:
     """Write ``Dataset{id:03d}_{name}`` with imagesTr/labelsTr/imagesTs/labelsTs and dataset.json."""
-    spec = spec or DemoSpec()
-    folder = Path(raw_dir) / f"Dataset{dataset_id:03d}_{name}"
-    if folder.exists() and any(folder.iterdir()):
-        from nnunet_fm.errors import UserInputError
+    from nnunet_fm.errors import UserInputError
 
+    spec = spec or DemoSpec()
+    if not 1 <= int(dataset_id) <= 999:
+        raise UserInputError(f"--id {dataset_id} is not a valid nnU-Net dataset id; use 1..999 (e.g. 501).")
+    if num_train < 1 or num_test < 0:
+        raise UserInputError(f"--train {num_train} / --test {num_test}: need at least 1 training case, 0+ test cases.")
+    if len(spec.shape) != 3 or min(spec.shape) < 8:
+        raise UserInputError(f"--shape {list(spec.shape)}: every axis needs at least 8 voxels (default 32 64 64).")
+    if len(spec.spacing) != 3 or min(spec.spacing) <= 0:
+        raise UserInputError(f"--spacing {list(spec.spacing)}: spacings must be positive.")
+    folder = Path(raw_dir) / f"Dataset{dataset_id:03d}_{name}"
+    same_id = [p for p in Path(raw_dir).glob(f"Dataset{dataset_id:03d}_*") if p != folder]
+    if same_id:
+        raise UserInputError(
+            f"{same_id[0]} already uses id {dataset_id}; a second Dataset{dataset_id:03d}_* would break every "
+            f"nnU-Net command that takes -d {dataset_id}. Choose another --id."
+        )
+    if folder.exists() and any(folder.iterdir()):
         raise UserInputError(f"{folder} already exists and is not empty; choose another --id/--name or remove it.")
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (folder / sub).mkdir(parents=True, exist_ok=True)

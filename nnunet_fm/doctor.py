@@ -60,31 +60,17 @@ def check_env_vars() -> list[Check]:
 
 
 def check_trainers_resolve() -> list[Check]:
-    """Resolve every plugin trainer through nnU-Net's own lookup, with the shim folder on the path."""
+    """Resolve every plugin trainer through nnU-Net's own lookup, in this environment as nnUNetv2_train sees it."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
+    fix = f"export {EXT_TRAINER_VARIABLE}={plugin_env()[EXT_TRAINER_VARIABLE]} (see `nnunet-fm env`)"
     checks = []
-    saved = os.environ.get(EXT_TRAINER_VARIABLE)
-    os.environ[EXT_TRAINER_VARIABLE] = plugin_env()[EXT_TRAINER_VARIABLE]
-    try:
-        for name in plugin_trainer_names():
-            try:
-                cls = recursive_find_trainer_class_by_name(name)
-                checks.append(Check(f"trainer {name}", True, f"{cls.__module__}.{cls.__name__}"))
-            except Exception as exc:  # report every failure, keep checking the others
-                checks.append(
-                    Check(
-                        f"trainer {name}",
-                        False,
-                        str(exc).splitlines()[0],
-                        "reinstall nnunet-fm; check nnUNet_extTrainer",
-                    )
-                )
-    finally:
-        if saved is None:
-            os.environ.pop(EXT_TRAINER_VARIABLE, None)
-        else:
-            os.environ[EXT_TRAINER_VARIABLE] = saved
+    for name in plugin_trainer_names():
+        try:
+            cls = recursive_find_trainer_class_by_name(name)
+            checks.append(Check(f"trainer {name}", True, f"{cls.__module__}.{cls.__name__}"))
+        except Exception as exc:  # report every failure, keep checking the others
+            checks.append(Check(f"trainer {name}", False, str(exc).splitlines()[0], fix))
     return checks
 
 

@@ -105,8 +105,9 @@ def _load_file(path: Path) -> object:
             pass
         raise WeightsFormatError(
             f"Could not read '{path}' as a safetensors file or a weights-only torch checkpoint "
-            f"({type(torch_err).__name__}: {_short(torch_err)}); arbitrary pickled objects are not loaded. "
-            f"{ACCEPTED_FORMATS_HELP}."
+            f"({type(torch_err).__name__}: {_short(torch_err)}); arbitrary pickled objects are never loaded. Fix: "
+            "re-save only the state dict, as safetensors, on a machine where you trust the file, or download the "
+            f"official weights. {ACCEPTED_FORMATS_HELP}."
         ) from torch_err
 
 
@@ -114,7 +115,12 @@ def _short(err: BaseException) -> str:
     """One informative line of a (possibly very long) torch.load error."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     hit = next((ln for ln in lines if "Unsupported global" in ln), None)
-    return (hit or (lines[0] if lines else repr(err)))[:300]
+    if hit is not None:  # keep what was refused, not torch's advice on how to allow it
+        return hit[hit.index("Unsupported global") :].split(" was not an allowed global")[0][:300]
+    # torch's advice to retry with weights_only=False (arbitrary code execution) is never passed on
+    unsafe = ("weights_only", "can still be loaded", "trust the source", "safe_globals")
+    lines = [ln for ln in lines if not any(word in ln for word in unsafe)]
+    return (lines[0] if lines else type(err).__name__)[:300]
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:

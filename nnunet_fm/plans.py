@@ -149,7 +149,13 @@ def build_configuration(plans: dict, template: Template, overrides: dict[str, An
     """The configuration dict a template produces for ``plans`` (pure; no I/O)."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    if template.parent not in plans.get("configurations", {}):
+    configurations = plans.get("configurations", {})
+    if template.parent not in configurations and "2d" in configurations and "3d_fullres" not in configurations:
+        raise UserInputError(
+            f"{plans.get('dataset_name', 'This dataset')} is 2D: nnU-Net planned only its '2d' configuration, and "
+            f"template '{template.name}' is a 3D network. Train it with stock nnU-Net's 2d configuration instead."
+        )
+    if template.parent not in configurations:
         raise UserInputError(
             f"Parent configuration '{template.parent}' is not in the plans file (it has: "
             f"{', '.join(plans.get('configurations', {}))}). Run nnUNetv2_plan_and_preprocess with "

@@ -11,11 +11,14 @@ names. Source datasets are only read; the new dataset is built in a temporary fo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,12 +51,19 @@ def case_confidence(probabilities: np.ndarray) -> tuple[float, int]:
     return (float(probabilities.max(0)[foreground].mean()) if count else 0.0), count
 
 
+def check_selection(case_threshold: float | None, keep_fraction: float | None) -> None:
+    """Refuse impossible selections before any prediction runs."""
+    if keep_fraction is not None and not 0 < keep_fraction <= 1:
+        raise UserInputError(f"--keep-fraction must be in (0, 1], got {keep_fraction}; 1 keeps every case.")
+    if case_threshold is not None and not 0 <= case_threshold <= 1:
+        raise UserInputError(f"--case-threshold is a mean max-probability in [0, 1], got {case_threshold}.")
+
+
 def select_cases(scores: list[CaseScore], case_threshold: float | None, keep_fraction: float | None) -> list[str]:
     """Cases passing ``case_threshold`` or the top ``keep_fraction`` by confidence (cases without foreground never)."""
+    check_selection(case_threshold, keep_fraction)
     candidates = [s for s in scores if s.foreground_voxels > 0]
     if keep_fraction is not None:
-        if not 0 < keep_fraction <= 1:
-            raise UserInputError(f"--keep-fraction must be in (0, 1], got {keep_fraction}.")
         ranked = sorted(candidates, key=lambda s: -s.confidence)
         return [s.case for s in ranked[: math.ceil(keep_fraction * len(scores))]]
     threshold = 0.0 if case_threshold is None else case_threshold
@@ -72,13 +82,37 @@ def check_unlabelled_folder(folder: Path, dataset_json: dict) -> list[str]:
     channels = sorted(int(c) for c in dataset_json["channel_names"])
     cases = sorted({f[: -len(ending) - 5] for f in files})
     problems = []
+    expected = {f"{case}_{c:04d}{ending}" for case in cases for c in channels}
     for case in cases:
         missing = [f"{case}_{c:04d}{ending}" for c in channels if f"{case}_{c:04d}{ending}" not in files]
         if missing:
             problems.append(f"case '{case}' lacks {missing} (the model expects {len(channels)} channel(s))")
+    extra = sorted(set(files) - expected)
+    if extra:
+        problems.append(
+            f"files {extra[:5]} are channels the model does not have ({len(channels)} declared); remove them"
+        )
     if problems or not cases:
         raise UserInputError(f"{folder} does not match the model's channels: " + ("; ".join(problems) or "no images"))
     return cases
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so the hidden temporary dataset folder is removed as on Ctrl-C."""
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def confident_labels(probabilities: np.ndarray, voxel_threshold: float, ignore_value: int) -> tuple[np.ndarray, float]:
@@ -187,6 +221,7 @@ def pseudolabel(
         raise UserInputError(
             f"--voxel-threshold must be in [0, 1) (a max-probability), got {voxel_threshold}; 0 marks no voxel."
         )
+    check_selection(case_threshold, keep_fraction)
     if not (model_folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():
         raise UserInputError(f"{model_folder}/fold_{fold}/checkpoint_final.pth not found; train the model first.")
     dataset_json = json.loads((model_folder / "dataset.json").read_text())
@@ -197,7 +232,7 @@ def pseudolabel(
     if list(Path(os.environ["nnUNet_raw"]).glob(f"Dataset{out_id:03d}_*")):
         raise UserInputError(f"A dataset with id {out_id} already exists in nnUNet_raw; choose another --out-id.")
     ignore_value = ignore_label_value(source.dataset_json, voxel_threshold)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+    with _sigterm_as_interrupt(), tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
         tmp = Path(tmp)
         predictions = tmp / "predictions"
         _predict(model_folder, fold, unlabelled, predictions, device, mirroring)
@@ -206,10 +241,17 @@ def pseudolabel(
         ]
         kept = set(select_cases(scores, case_threshold, keep_fraction))
         if not kept:
-            best = max((s.confidence for s in scores), default=0.0)
+            with_foreground = [s for s in scores if s.foreground_voxels > 0]
+            if not with_foreground:
+                raise UserInputError(
+                    f"The model predicts no foreground in any of the {len(scores)} case(s), so none can be "
+                    "pseudo-labelled; train the model longer or check that the images match its training data. "
+                    "Nothing was written."
+                )
+            best = max(s.confidence for s in with_foreground)
             raise UserInputError(
-                f"No case passed the selection (best confidence {best:.3f}); lower --case-threshold "
-                "or use --keep-fraction. Nothing was written."
+                f"No case passed --case-threshold (best confidence {best:.3f}); lower it or use --keep-fraction. "
+                "Nothing was written."
             )
         dataset = tmp / target.name
         for sub in ("imagesTr", "labelsTr"):
