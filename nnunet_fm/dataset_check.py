@@ -55,9 +55,13 @@ def check_case(case: str, images_dir: Path, labels_dir: Path | None, meta: dict,
             f"case '{case}': missing channel file(s) {missing} in {images_dir} (dataset.json declares "
             f"{len(channel_files)} channel(s))"
         ]
-    for path in channel_files:
-        if np.isnan(sitk.GetArrayViewFromImage(sitk.ReadImage(str(path)))).any():
-            problems.append(f"case '{case}': {path.name} contains NaN voxels; replace them (e.g. by the minimum)")
+    # read as nnU-Net will (its reader for this dataset), so NaN is reported where nnU-Net would see it
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    reader = determine_reader_writer_from_dataset_json(meta, str(channel_files[0]), verbose=False)()
+    data, _ = reader.read_images([str(p) for p in channel_files])
+    if np.isnan(data).any():
+        problems.append(f"case '{case}': its image contains NaN voxels; replace them (e.g. by the image minimum)")
     reference_size, reference_spacing = _geometry(channel_files[0])
     others = [(p, _geometry(p)) for p in channel_files[1:]]
     label_file = labels_dir / f"{case}{ending}" if labels_dir is not None else None
@@ -101,7 +105,10 @@ def file_name_problems(images_dir: Path, labels_dir: Path | None, meta: dict) ->
         found.setdefault(case, set()).add(int(channel))
     for case, present in sorted(found.items()):
         if 0 not in present:
-            problems.append(f"case '{case}': no {case}_0000{ending} (channel files found: {sorted(present)})")
+            problems.append(
+                f"case '{case}': no {case}_0000{ending} (channel files found: {sorted(present)}); channel files are "
+                f"numbered from _0000: rename them"
+            )
         extra = sorted(c for c in present if c >= channels)
         if extra:
             problems.append(

@@ -1,0 +1,219 @@
+"""The catalogue of bad inputs the plugin knows: each gets a message naming the problem and the fix, and no user
+file changes (hashes of the user's folders before and after). In-process CLI calls; no training."""
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_fm.cli import main
+
+DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    """Hash of every file under ``folder`` (names included), hidden files too."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".lock" not in p.name
+    }
+
+
+def _raw_copy(env, tmp: Path, mutate: Callable[[Path], None]) -> list[str]:
+    """A copy of the fixture's raw dataset with one defect; returns the check-dataset arguments."""
+    folder = tmp / "Dataset777_Bad"
+    shutil.copytree(env.dataset_folder(DATASET_ID), folder)
+    mutate(folder)
+    return ["check-dataset", str(folder)]
+
+
+def _first(folder: Path, sub: str) -> Path:
+    return sorted((folder / sub).glob("*.nii.gz"))[0]
+
+
+def _nan_voxels(folder: Path) -> None:
+    """NaN in a .nrrd case (SimpleITK, nnU-Net's reader, turns NaN in NIfTI into 0 but keeps it in NRRD)."""
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        for path in sorted((folder / sub).glob("*.nii.gz")):
+            image = sitk.ReadImage(str(path))
+            if sub == "imagesTr" and path == _first(folder, "imagesTr"):
+                array = sitk.GetArrayFromImage(image).astype(np.float32)
+                array[0, 0, 0] = np.nan
+                image, reference = sitk.GetImageFromArray(array), image
+                image.CopyInformation(reference)
+            sitk.WriteImage(image, str(path).replace(".nii.gz", ".nrrd"))
+            path.unlink()
+    meta = json.loads((folder / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".nrrd"}))
+
+
+def _rename_channel(folder: Path) -> None:
+    path = _first(folder, "imagesTr")
+    path.rename(path.with_name(path.name.replace("_0000", "_0001")))
+
+
+def _extra_channel(folder: Path) -> None:
+    path = _first(folder, "imagesTr")
+    shutil.copy(path, path.with_name(path.name.replace("_0000", "_0001")))
+
+
+def _orphan_label(folder: Path) -> None:
+    shutil.copy(_first(folder, "labelsTr"), folder / "labelsTr" / "ghost_999.nii.gz")
+
+
+def _empty_images(folder: Path) -> None:
+    for path in (folder / "imagesTr").iterdir():
+        path.unlink()
+    for path in (folder / "labelsTr").iterdir():
+        path.unlink()
+
+
+def _bad_json(folder: Path) -> None:
+    (folder / "dataset.json").write_text('{"channel_names": {"0": "CT"},')
+
+
+def _undeclared_label(folder: Path) -> None:
+    meta = json.loads((folder / "dataset.json").read_text())
+    meta["labels"].pop("vein")
+    (folder / "dataset.json").write_text(json.dumps(meta))
+
+
+def _missing_label(folder: Path) -> None:
+    _first(folder, "labelsTr").unlink()
+
+
+def _shifted_spacing(folder: Path) -> None:
+    path = _first(folder, "labelsTr")
+    image = sitk.ReadImage(str(path))
+    image.SetSpacing([s * 2 for s in image.GetSpacing()])
+    sitk.WriteImage(image, str(path))
+
+
+PLANS = ["plans", "add", "-d", str(DATASET_ID)]
+FFA = [*PLANS, "--template", "dinov3_ffa"]
+# (id, arguments or a builder of them, text the message must contain: the problem and the fix)
+CATALOGUE = [
+    ("unknown-template", [*PLANS, "--template", "nope"], ["Unknown template 'nope'", "Available templates"]),
+    ("unknown-key", [*FFA, "--set", "bogus=1"], ["Key 'bogus' is not read", "nnunet-fm plans list"]),
+    ("key-of-another-trainer", [*FFA, "--set", "two_pass=false"], ["read by: dinov3_cube"]),
+    ("arch-prefix", [*FFA, "--set", "arch.agg_heads=2"], ["--set agg_heads=..."]),
+    ("not-an-int", [*FFA, "--set", "few_shot_k=abc"], ['few_shot_k="abc"', "expected an integer"]),
+    ("word-for-number", [*FFA, "--set", "num_epochs=zero"], ["num_epochs", "expected an integer"]),
+    ("below-minimum", [*FFA, "--set", "num_epochs=0"], ["num_epochs=0", "in [1"]),
+    ("malformed-json", [*FFA, "--set", 'encoder_kwargs={"embed_dim":48,'], ["encoder_kwargs", "a JSON object"]),
+    ("bad-choice", [*FFA, "--set", "augmentation=heavy"], ["augmentation", '"reference"']),
+    ("bad-mirror-axes", [*FFA, "--set", "mirror_axes=[0,5]"], ["mirror_axes", "axes in 0..2"]),
+    ("twice-different", [*FFA, "--set", "num_epochs=1", "--set", "num_epochs=2"], ["twice", "keep one"]),
+    ("no-equals", [*FFA, "--set", "num_epochs"], ["key=value"]),
+    ("patch-breaks-rules", [*FFA, "--set", "patch_size=[8,40,40]", "inplane_size=null"], ["Nearest valid patch"]),
+    ("patch-not-a-list", [*FFA, "--set", "patch_size=64"], ["patch_size must be a JSON list"]),
+    ("batch-zero", [*FFA, "--set", "batch_size=0"], ["batch_size must be a positive int"]),
+    ("inplane-not-16", [*FFA, "--set", "inplane_size=100"], ["inplane_size=100", "multiple of 16"]),
+    ("bad-intensity", [*FFA, "--set", "intensity=raw"], ["intensity='raw'", "affine"]),
+    (
+        "cube-size-breaks",
+        [*PLANS, "--template", "dinov3_cube", "--set", "cube_size=[3,16,16]", "patch_size=[16,48,48]"],
+        ["breaks the template's patch rules"],
+    ),
+    ("name-is-parent", [*FFA, "--name", "3d_fullres"], ["--name must differ from the parent"]),
+    ("missing-plans", [*FFA, "--plans", "NoSuchPlans"], ["does not exist", "nnUNetv2_plan_and_preprocess -d 951"]),
+    ("unknown-dataset", ["plans", "add", "-d", "4242", "--template", "dinov3_ffa"], ["4242", "nnunet-fm env"]),
+    ("show-unknown-config", ["plans", "show", "-d", str(DATASET_ID), "-c", "nope"], ["no configuration 'nope'"]),
+    ("show-stock-config", ["plans", "show", "-d", str(DATASET_ID), "-c", "3d_fullres"], ["name the trainer with -tr"]),
+    (
+        "check-missing-0000",
+        lambda env, tmp: _raw_copy(env, tmp, _rename_channel),
+        ["no vessel_000_0000", "numbered from _0000"],
+    ),
+    ("check-extra-channel", lambda env, tmp: _raw_copy(env, tmp, _extra_channel), ["beyond the 1 channel"]),
+    ("check-orphan-label", lambda env, tmp: _raw_copy(env, tmp, _orphan_label), ["ghost_999", "has no image"]),
+    ("check-empty", lambda env, tmp: _raw_copy(env, tmp, _empty_images), ["holds no training case"]),
+    ("check-nan", lambda env, tmp: _raw_copy(env, tmp, _nan_voxels), ["NaN voxels", "replace them"]),
+    ("check-bad-json", lambda env, tmp: _raw_copy(env, tmp, _bad_json), ["not valid JSON", "line 1"]),
+    ("check-undeclared-label", lambda env, tmp: _raw_copy(env, tmp, _undeclared_label), ["not declared", "relabel"]),
+    ("check-missing-label", lambda env, tmp: _raw_copy(env, tmp, _missing_label), ["label file", "is missing"]),
+    ("check-spacing", lambda env, tmp: _raw_copy(env, tmp, _shifted_spacing), ["spacing", "resample it"]),
+    ("check-no-folder", ["check-dataset", "/nonexistent/Dataset1_X"], ["dataset.json is missing"]),
+    (
+        "demo-zero-shape",
+        lambda env, tmp: ["demo-data", "--out", str(tmp), "--id", "800", "--shape", "0", "48", "48"],
+        ["at least 8 voxels"],
+    ),
+    (
+        "demo-no-train",
+        lambda env, tmp: ["demo-data", "--out", str(tmp), "--id", "800", "--train", "0"],
+        ["at least 1 training case"],
+    ),
+    ("demo-negative-id", lambda env, tmp: ["demo-data", "--out", str(tmp), "--id", "-5"], ["1..999"]),
+    (
+        "demo-same-id",
+        lambda env, tmp: ["demo-data", "--out", str(env.raw), "--id", str(DATASET_ID), "--name", "Other"],
+        ["already uses id 951", "another --id"],
+    ),
+    (
+        "pseudo-keep-zero",
+        lambda env, tmp: [
+            "pseudolabel",
+            "-d",
+            str(DATASET_ID),
+            "-c",
+            "3d_fullres",
+            "-i",
+            str(tmp),
+            "--out-id",
+            "802",
+            "--keep-fraction",
+            "0",
+        ],
+        ["--keep-fraction must be"],
+    ),
+    (
+        "pseudo-voxel-threshold",
+        lambda env, tmp: [
+            "pseudolabel",
+            "-d",
+            str(DATASET_ID),
+            "-c",
+            "3d_fullres",
+            "-i",
+            str(tmp),
+            "--out-id",
+            "802",
+            "--voxel-threshold",
+            "1.5",
+        ],
+        ["--voxel-threshold must be in [0, 1)"],
+    ),
+    (
+        "pseudo-no-model",
+        lambda env, tmp: ["pseudolabel", "-d", str(DATASET_ID), "-c", "3d_fullres", "-i", str(tmp), "--out-id", "802"],
+        ["checkpoint_final.pth not found", "train the model"],
+    ),
+    ("find-best-bad-model", ["find-best", "-d", str(DATASET_ID), "-m", "nnUNetTrainer"], ["TRAINER:CONFIGURATION"]),
+]
+
+
+@pytest.mark.parametrize("case_id, arguments, expected", CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_bad_input_names_problem_and_fix_and_changes_nothing(
+    nnunet_env, tmp_path, capsys, case_id, arguments, expected
+):
+    args = arguments(nnunet_env, tmp_path) if callable(arguments) else arguments
+    watched = [nnunet_env.raw, nnunet_env.preprocessed, nnunet_env.results, tmp_path]
+    before = [_digest(folder) for folder in watched]
+    assert main(args) == 2
+    message = capsys.readouterr().err
+    for text in expected:
+        assert text in message, f"{case_id}: {text!r} not in {message!r}"
+    assert "Traceback" not in message
+    assert [_digest(folder) for folder in watched] == before
+
+
+def test_catalogue_size():
+    """The closing note reports this number; at least 40 distinct bad inputs."""
+    assert len({c[0] for c in CATALOGUE}) == len(CATALOGUE) >= 40
