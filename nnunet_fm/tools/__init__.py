@@ -1,0 +1,1 @@
+"""Measurement and report scripts (not needed by the plugin at run time)."""
