@@ -96,6 +96,14 @@ def _shifted_spacing(folder: Path) -> None:
 
 
 PLANS = ["plans", "add", "-d", str(DATASET_ID)]
+
+
+def _pseudolabel(*extra: str) -> Callable:
+    """pseudolabel arguments (the fixture has no trained model; checks that run before prediction)."""
+    base = ["pseudolabel", "-d", str(DATASET_ID), "-c", "3d_fullres", "--out-id", "802"]
+    return lambda env, tmp: [*base, "-i", str(tmp), *extra]
+
+
 FFA = [*PLANS, "--template", "dinov3_ffa"]
 # (id, arguments or a builder of them, text the message must contain: the problem and the fix)
 CATALOGUE = [
@@ -156,45 +164,9 @@ CATALOGUE = [
         lambda env, tmp: ["demo-data", "--out", str(env.raw), "--id", str(DATASET_ID), "--name", "Other"],
         ["already uses id 951", "another --id"],
     ),
-    (
-        "pseudo-keep-zero",
-        lambda env, tmp: [
-            "pseudolabel",
-            "-d",
-            str(DATASET_ID),
-            "-c",
-            "3d_fullres",
-            "-i",
-            str(tmp),
-            "--out-id",
-            "802",
-            "--keep-fraction",
-            "0",
-        ],
-        ["--keep-fraction must be"],
-    ),
-    (
-        "pseudo-voxel-threshold",
-        lambda env, tmp: [
-            "pseudolabel",
-            "-d",
-            str(DATASET_ID),
-            "-c",
-            "3d_fullres",
-            "-i",
-            str(tmp),
-            "--out-id",
-            "802",
-            "--voxel-threshold",
-            "1.5",
-        ],
-        ["--voxel-threshold must be in [0, 1)"],
-    ),
-    (
-        "pseudo-no-model",
-        lambda env, tmp: ["pseudolabel", "-d", str(DATASET_ID), "-c", "3d_fullres", "-i", str(tmp), "--out-id", "802"],
-        ["checkpoint_final.pth not found", "train the model"],
-    ),
+    ("pseudo-keep-zero", _pseudolabel("--keep-fraction", "0"), ["--keep-fraction must be"]),
+    ("pseudo-voxel-threshold", _pseudolabel("--voxel-threshold", "1.5"), ["--voxel-threshold must be in [0, 1)"]),
+    ("pseudo-no-model", _pseudolabel(), ["checkpoint_final.pth not found", "train the model"]),
     ("find-best-bad-model", ["find-best", "-d", str(DATASET_ID), "-m", "nnUNetTrainer"], ["TRAINER:CONFIGURATION"]),
 ]
 

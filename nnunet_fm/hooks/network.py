@@ -39,19 +39,11 @@ def network_kwargs(configuration: dict, patch_size, enable_deep_supervision: boo
 
 
 class PlansNetworkMixin:
-    """Builds any plans-selected network; no deep supervision; compile only on request; loads encoder weights."""
+    """Builds any plans-selected network; no deep supervision; compile only on request."""
 
     fm_options = (
         Option(
             "compile", False, "torch.compile the network on CUDA (off by default: frozen ViTs gain little).", "bool"
-        ),
-        Option(
-            "encoder_weights",
-            None,
-            "'hub', a local weights file (timm / Meta / HF-transformers), or 'none'. "
-            "Unset: env nnUNet_fm_encoder_weights, else 'hub'.",
-            "str",
-            nullable=True,
         ),
     )
 
