@@ -20,6 +20,7 @@ from nnunet_fm.atomic_io import atomic_write_json, atomic_write_text
 from nnunet_fm.demo import add_plans
 from nnunet_fm.pipeline import Workspace, train_predict_evaluate
 from nnunet_fm.templates import load_template, template_for_trainer
+from nnunet_fm.tools.report import markdown_table
 
 
 @dataclass(frozen=True)
@@ -116,12 +117,12 @@ def to_markdown(rows: list[dict]) -> str:
     """Markdown table: one row per trainer and K, 'mean ± std' Dice cells."""
     labels = sorted({k[6:-5] for r in rows for k in r if k.startswith("class_") and k.endswith("_mean")}, key=int)
     header = ["trainer", "K", "runs", "Dice (mean ± std)", *[f"class {c}" for c in labels]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [r["trainer"], str(r["shots"]), str(r["runs"]), f"{r['dice_mean']:.4f} ± {r['dice_std']:.4f}"]
-        cells += [f"{r[f'class_{c}_mean']:.4f} ± {r[f'class_{c}_std']:.4f}" for c in labels]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    cells = [
+        [r["trainer"], str(r["shots"]), str(r["runs"]), f"{r['dice_mean']:.4f} ± {r['dice_std']:.4f}"]
+        + [f"{r[f'class_{c}_mean']:.4f} ± {r[f'class_{c}_std']:.4f}" for c in labels]
+        for r in rows
+    ]
+    return markdown_table(header, cells) + "\n"
 
 
 def write_reports(rows: list[dict], out: Path) -> dict[str, Path]:

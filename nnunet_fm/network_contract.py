@@ -59,3 +59,9 @@ def output_heads(network: nn.Module) -> list[nn.Module]:
         return list(network.output_heads())
     decoder = getattr(network, "decoder", None)
     return list(getattr(decoder, "seg_layers", []))
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """``(trainable, frozen)`` parameter counts."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in module.parameters()) - trainable

@@ -1,4 +1,4 @@
-"""Tests for the benchmark's core (``nnunet_fm.bench``) on a tiny setting: random tiny ViT, CPU, 1 thread."""
+"""Tests for the benchmark's core (``nnunet_fm.tools.bench``) on a tiny setting: random tiny ViT, CPU, 1 thread."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from nnunet_fm import bench
+from nnunet_fm.tools import bench
 
 torch.set_num_threads(1)
 
@@ -54,7 +54,7 @@ def test_table_rows_and_columns(result: bench.BenchResult) -> None:
         assert column in header
     for r in result.rows:
         assert sum(line.startswith(r.label) for line in lines) == 1
-    assert "python -m nnunet_fm.bench --patch 4 32 32" in text
+    assert "python -m nnunet_fm.tools.bench --patch 4 32 32" in text
     assert "random" in text and "torch:" in text and "cpu:" in text
 
     md = bench.format_report(result, markdown=True).splitlines()

@@ -119,7 +119,7 @@ def test_next_steps_plan_the_new_dataset_like_the_models_dataset(tmp_path):
 def test_pseudo_label_dice_scores_kept_cases_over_annotated_voxels(tmp_path):
     import SimpleITK as sitk
 
-    from nnunet_fm.sfr_report import pseudo_label_dice
+    from nnunet_fm.tools.sfr_report import pseudo_label_dice
 
     source, pseudo = tmp_path / "src", tmp_path / "pl"
     for folder in (source / "labelsTr", pseudo / "labelsTr"):

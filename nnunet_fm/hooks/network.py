@@ -9,7 +9,7 @@ import pydoc
 from torch import nn
 
 from nnunet_fm.errors import UserInputError
-from nnunet_fm.network_contract import FrozenEncoderNetwork, unwrap
+from nnunet_fm.network_contract import FrozenEncoderNetwork, count_parameters, unwrap
 from nnunet_fm.options import Option
 
 
@@ -77,8 +77,7 @@ class PlansNetworkMixin:
 
     def initialize(self):
         super().initialize()
-        trainable = sum(p.numel() for p in self.network.parameters() if p.requires_grad)
-        frozen = sum(p.numel() for p in self.network.parameters() if not p.requires_grad)
+        trainable, frozen = count_parameters(self.network)
         self.print_to_log_file(f"Parameters: {trainable:,} trainable, {frozen:,} frozen")
 
 

@@ -1,6 +1,6 @@
 """Few-shot model vs re-training on confident pseudo-labels, on the demo data (stock commands throughout).
 
-    python -m nnunet_fm.sfr_report --workdir sfr_run [--labelled 3] [--unlabelled 6] [--epochs 20] [--device cpu]
+    python -m nnunet_fm.tools.sfr_report --workdir sfr_run [--labelled 3] [--unlabelled 6] [--epochs 20] [--device cpu]
 
 1. a K-shot teacher (default nnUNetTrainerDINOv3FFA, fold 0) on a synthetic vessel dataset (the other training
    cases are unlabelled);
@@ -28,6 +28,7 @@ from nnunet_fm.demo import FLAGSHIP, add_plans, prepare_dataset
 from nnunet_fm.file_names import MANIFEST_NAME
 from nnunet_fm.pipeline import Workspace, plan_and_preprocess, plan_like_source, train_predict_evaluate
 from nnunet_fm.templates import template_for_trainer
+from nnunet_fm.tools.report import markdown_table
 
 SOURCE_ID, PSEUDO_ID, STOCK_PLANNED_ID = 902, 903, 904
 
@@ -152,14 +153,12 @@ def run(
 
 
 def to_markdown(rows: list[dict]) -> str:
-    lines = ["| model | trained on | mean Dice | artery | vein |", "|---|---|---|---|---|"]
-    for row in rows:
-        dice = row["per_class_dice"]
-        lines.append(
-            f"| {row['model']} | {row['trained on']} | {row['mean_dice']:.4f} | "
-            f"{dice.get('1', 0):.4f} | {dice.get('2', 0):.4f} |"
-        )
-    return "\n".join(lines)
+    cells = [
+        [r["model"], r["trained on"], f"{r['mean_dice']:.4f}"]
+        + [f"{r['per_class_dice'].get(c, 0):.4f}" for c in ("1", "2")]
+        for r in rows
+    ]
+    return markdown_table(["model", "trained on", "mean Dice", "artery", "vein"], cells)
 
 
 def main(argv: list[str] | None = None) -> None:

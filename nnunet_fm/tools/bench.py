@@ -1,6 +1,6 @@
 """Benchmark the plugin's networks against the stock nnU-Net U-Net built from the same plans.
 
-``python -m nnunet_fm.bench --help``. One row per architecture, all built for the same patch, input
+``python -m nnunet_fm.tools.bench --help``. One row per architecture, all built for the same patch, input
 channels and classes: parameter counts (trainable / frozen), forward FLOPs per patch, the time and
 peak memory of one training step (forward + backward + AdamW, nnU-Net's ``DC_and_CE_loss``) and,
 optionally, the time of a sliding-window prediction of a fixed random volume. Times and memory are
@@ -40,6 +40,8 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from nnunet_fm.network_contract import count_parameters
+from nnunet_fm.tools.report import markdown_table
 from nnunet_fm.two_pass import saved_tensor_peak, two_pass_step
 
 __all__ = [
@@ -121,7 +123,7 @@ def planner_architecture(patch: Sequence[int], spacing: Sequence[float] = DEFAUL
 
 @dataclass
 class BenchConfig:
-    """Everything a benchmark run depends on (see ``python -m nnunet_fm.bench --help``)."""
+    """Everything a benchmark run depends on (see ``python -m nnunet_fm.tools.bench --help``)."""
 
     device: str = "cpu"
     patch: tuple[int, int, int] = DEFAULT_PATCH
@@ -349,13 +351,6 @@ def build_model(name: str, cfg: BenchConfig) -> nn.Module:
     raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
 
 
-def count_params(model: nn.Module) -> tuple[int, int]:
-    """``(trainable, frozen)`` parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    return trainable, frozen
-
-
 def forward_flops(model: nn.Module, cfg: BenchConfig, device: torch.device) -> int:
     """FLOPs of one forward pass on one patch (``FlopCounterMode``: 2 per multiply-accumulate)."""
     x = torch.randn(1, cfg.input_channels, *cfg.patch, device=device)
@@ -485,7 +480,7 @@ def measure_model(name: str, cfg: BenchConfig, device: torch.device) -> Row:
         row.status = f"error ({_short(exc)})"
         return row
     try:
-        row.trainable, row.frozen = count_params(model)
+        row.trainable, row.frozen = count_parameters(model)
         row.flops = forward_flops(model, cfg, device)
         step = make_train_step(model, cfg, device, two_pass=name == "cube")
         times = time_call(step, cfg.repeats, device)
@@ -517,7 +512,7 @@ def _add_ratios(rows: list[Row]) -> None:
 
 def _command(argv: Sequence[str] | None) -> str:
     args = sys.argv[1:] if argv is None else list(argv)
-    return shlex.join(["python", "-m", "nnunet_fm.bench", *args])
+    return shlex.join(["python", "-m", "nnunet_fm.tools.bench", *args])
 
 
 def _now() -> str:
@@ -613,9 +608,7 @@ def _ratio(v: float | None) -> str:
 
 def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
+        return markdown_table(header, rows, numeric_from=1)
     full = [r for r in rows if len(r) == len(header)]
     widths = [max(len(x) for x in col) for col in zip(header, *full)]
 
@@ -781,7 +774,7 @@ def _read_plans(path: Path, configuration: str) -> tuple[dict[str, Any], list[in
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m nnunet_fm.bench",
+        prog="python -m nnunet_fm.tools.bench",
         description="Params, FLOPs, train-step time and memory of the plugin's networks vs stock nnU-Net.",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
