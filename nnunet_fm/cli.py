@@ -136,6 +136,23 @@ def _cmd_pseudolabel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_add_unlabelled(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from nnunet_fm.plans import dataset_name
+    from nnunet_fm.unlabelled import add_unlabelled
+
+    if not os.environ.get("nnUNet_raw"):
+        raise UserInputError("nnUNet_raw is not set (see `nnunet-fm env`).")
+    folder = Path(os.environ["nnUNet_raw"]) / dataset_name(args.dataset)
+    cases = add_unlabelled(folder, args.input)
+    print(f"Added {len(cases)} unlabelled case(s) to {folder} (all-ignore labels; see fm_cases.json)")
+    print(f"  then: nnUNetv2_plan_and_preprocess -d {args.dataset} -c 3d_fullres --verify_dataset_integrity")
+    print(f"  and:  nnunet-fm plans add -d {args.dataset} --template TEMPLATE --set ssl=mean_teacher")
+    return 0
+
+
 def _int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
@@ -250,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     pseudo.add_argument("--device", default="cpu")
     pseudo.add_argument("--disable_tta", action="store_true")
     pseudo.set_defaults(func=_cmd_pseudolabel)
+
+    unlabelled = sub.add_parser("add-unlabelled", help="add unlabelled images (all-ignore labels) to a raw dataset")
+    unlabelled.add_argument("-d", "--dataset", required=True, help="dataset id or name")
+    unlabelled.add_argument("-i", "--input", required=True, help="folder of images named CASE_XXXX<file ending>")
+    unlabelled.set_defaults(func=_cmd_add_unlabelled)
 
     experiment = sub.add_parser("experiment", help="few-shot grid through stock commands, with result tables")
     experiment.add_argument("-d", "--dataset", required=True, help="dataset id (with imagesTs/labelsTs)")

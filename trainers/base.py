@@ -8,6 +8,7 @@ from nnunet_fm.hooks.augmentation import AugmentationMixin
 from nnunet_fm.hooks.budget import EpochBudgetMixin
 from nnunet_fm.hooks.class_balance import ClassBalanceMixin
 from nnunet_fm.hooks.few_shot import FewShotMixin
+from nnunet_fm.hooks.mean_teacher import MeanTeacherMixin
 from nnunet_fm.hooks.network import FrozenEncoderWeightsMixin, PlansNetworkMixin
 from nnunet_fm.hooks.optim import AdamWWarmupCosineMixin
 from nnunet_fm.hooks.patch_filter import ForegroundFilterMixin
@@ -19,6 +20,7 @@ from nnunet_fm.hooks.train_step import AmpClipTrainStepMixin
 
 class nnUNetTrainerFMBase(
     PlansOptionsMixin,
+    MeanTeacherMixin,
     EpochBudgetMixin,
     AugmentationMixin,
     FewShotMixin,

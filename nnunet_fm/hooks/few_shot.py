@@ -49,7 +49,8 @@ class FewShotMixin:
         if getattr(self, "_fm_split", None) is not None:
             return self._fm_split  # nnU-Net asks several times per run; read the split and record once
         tr_keys, val_keys = super().do_split()
-        candidates = list(tr_keys)
+        unlabelled = self.fm_unlabelled_cases(list(tr_keys))  # kept aside: never dropped, never counted in k
+        candidates = [k for k in tr_keys if k not in unlabelled]
         if self.fm_option("drop_empty"):
             candidates = self._fm_drop_empty(candidates)
         k, seed = self.fm_option("few_shot_k"), int(self.fm_option("few_shot_seed"))
@@ -58,8 +59,12 @@ class FewShotMixin:
                 f"WARNING: few_shot_k={k} but only {len(candidates)} usable training cases; using all of them."
             )
         chosen = self._fm_recorded_or_new(candidates, None if k is None else int(k), seed)
-        self._fm_split = (chosen, list(val_keys))
+        self._fm_split = (chosen + unlabelled, list(val_keys))
         return self._fm_split
+
+    def fm_unlabelled_cases(self, keys: list[str]) -> list[str]:
+        """Cases without labels that a semi-supervised hook trains on; none unless such a hook says so."""
+        return []
 
     def _fm_drop_empty(self, keys: list[str]) -> list[str]:
         dataset = self.dataset_class(self.preprocessed_dataset_folder, list(keys))

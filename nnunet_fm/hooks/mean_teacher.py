@@ -1,0 +1,216 @@
+"""Mean Teacher (Tarvainen & Valpola 2017) as a trainer hook: the semi-supervised re-training stage of SFR.
+
+With ``ssl: mean_teacher`` every training patch, labelled or not, gets a consistency loss between the
+student's softmax and an EMA teacher's softmax on a differently noised copy of the patch, weighted by the
+sigmoid ramp-up ``consistency_weight * exp(-5 (1 - t)^2)``, ``t = epoch / consistency_rampup_epochs``. Unlabelled
+cases are ordinary nnU-Net cases whose label map is all ``ignore`` (``nnunet-fm add-unlabelled``), so the
+supervised loss skips them and the data pipeline stays stock; ``unlabelled_fraction`` sets their expected share
+of each batch (nnU-Net's loader draws case identifiers uniformly, so identifiers are repeated in proportion).
+
+The teacher is a dict of EMA tensors of the *trainable* parameters, swapped into the network for a no-grad
+pass: frozen encoders are shared, never copied. Checkpoints keep nnU-Net's format with the teacher's weights in
+``network_weights`` (what stock ``nnUNetv2_predict`` loads; ``predict_with: student`` swaps the roles) and the
+other set plus the EMA step under ``fm_mean_teacher``; ``--c`` restores student, teacher and ramp. Under DDP
+every rank applies the same EMA to identical (all-reduced) parameters, so the teachers stay identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nnunet_fm.errors import UserInputError
+from nnunet_fm.options import Option
+
+CHECKPOINT_KEY = "fm_mean_teacher"
+
+
+def ema_alpha(step: int, decay: float) -> float:
+    """EMA weight of the teacher at optimiser step ``step`` (0-based): ``min(1 - 1 / (step + 1), decay)``."""
+    return min(1.0 - 1.0 / (step + 1), decay)
+
+
+def rampup_weight(epoch: int, weight: float, rampup_epochs: int) -> float:
+    """Sigmoid ramp-up ``weight * exp(-5 (1 - t)^2)`` with ``t = min(epoch / rampup_epochs, 1)``."""
+    if rampup_epochs <= 0:
+        return weight
+    t = min(max(epoch, 0) / rampup_epochs, 1.0)
+    return weight * math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def consistency_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the two softmax maps (fp32); the teacher side carries no gradient."""
+    return F.mse_loss(student_logits.float().softmax(1), teacher_logits.detach().float().softmax(1))
+
+
+def weighted_identifiers(labelled: list[str], unlabelled: list[str], fraction: float) -> list[str]:
+    """Identifiers repeated so that uniform draws pick an unlabelled case with probability ``fraction``."""
+    if not unlabelled or fraction <= 0:
+        return list(labelled)
+    if not labelled or fraction >= 1:
+        return list(unlabelled)
+    scale = 20  # repeats resolve the fraction to about 1/(20 * min(n_labelled, n_unlabelled))
+    repeat_labelled = max(1, round((1 - fraction) * len(unlabelled) * scale))
+    repeat_unlabelled = max(1, round(fraction * len(labelled) * scale))
+    return list(labelled) * repeat_labelled + list(unlabelled) * repeat_unlabelled
+
+
+class MeanTeacherMixin:
+    """Switched on by ``ssl: mean_teacher``; a no-op otherwise."""
+
+    fm_options = (
+        Option("ssl", None, "Semi-supervised method: null or 'mean_teacher'.", choices=(None, "mean_teacher")),
+        Option("ema_decay", 0.99, "Mean Teacher: EMA decay of the teacher.", "float", minimum=0.0, maximum=1.0),
+        Option("consistency_weight", 1.0, "Mean Teacher: weight of the consistency loss.", "float", minimum=0.0),
+        Option("consistency_rampup_epochs", 40, "Mean Teacher: epochs of the sigmoid ramp-up.", "int", minimum=0),
+        Option(
+            "unlabelled_fraction",
+            0.5,
+            "Mean Teacher: expected share of each batch drawn from unlabelled (all-ignore) cases.",
+            "float",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        Option("consistency_noise", 0.1, "Mean Teacher: std of the Gaussian input noise of each view.", "float", 0.0),
+        Option(
+            "predict_with", "teacher", "Mean Teacher: weights nnUNetv2_predict uses.", choices=("teacher", "student")
+        ),
+    )
+
+    # ---- set-up -------------------------------------------------------------------------------------------
+    @property
+    def fm_ssl(self) -> bool:
+        return self.fm_option("ssl") == "mean_teacher"
+
+    def fm_unlabelled_cases(self, keys: list[str]) -> list[str]:
+        """Training cases whose label map is all ``ignore`` (only looked for when Mean Teacher is on)."""
+        ignore = self.label_manager.ignore_label
+        if not self.fm_ssl or ignore is None:
+            return []
+        cache = self.__dict__.setdefault("_fm_unlabelled_cache", {})
+        missing = [k for k in keys if k not in cache]
+        if missing:
+            dataset = self.dataset_class(self.preprocessed_dataset_folder, missing)
+            for k in missing:
+                cache[k] = bool((np.asarray(dataset.load_case(k)[1][:]) == ignore).all())
+        return [k for k in keys if cache[k]]
+
+    def get_tr_and_val_datasets(self):
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        if self.fm_ssl:
+            unlabelled = set(self.fm_unlabelled_cases(list(dataset_tr.identifiers)))
+            labelled = [k for k in dataset_tr.identifiers if k not in unlabelled]
+            fraction = float(self.fm_option("unlabelled_fraction"))
+            dataset_tr.identifiers = weighted_identifiers(labelled, sorted(unlabelled), fraction)
+            self.print_to_log_file(
+                f"Mean Teacher: {len(labelled)} labelled + {len(unlabelled)} unlabelled training case(s), "
+                f"unlabelled share of each batch {fraction if unlabelled else 0.0} (expected)"
+            )
+        return dataset_tr, dataset_val
+
+    def on_train_start(self):
+        if self.fm_ssl and self._fm_options.get("two_pass") is not None and self.fm_option("two_pass"):
+            raise UserInputError(
+                f"{self.configuration_name}: ssl=mean_teacher needs a student and a teacher pass per step, which "
+                "the two-pass sub-cube step does not do; add --set two_pass=false."
+            )
+        super().on_train_start()
+        if self.fm_ssl and getattr(self, "_fm_teacher", None) is None:
+            self._fm_teacher = {n: p.detach().clone() for n, p in self._fm_trainable().items()}
+            self._fm_ema_step = 0
+
+    # ---- training -----------------------------------------------------------------------------------------
+    def _fm_trainable(self) -> dict[str, torch.nn.Parameter]:
+        from nnunet_fm.network_contract import unwrap
+
+        return {n: p for n, p in unwrap(self.network).named_parameters() if p.requires_grad}
+
+    @contextlib.contextmanager
+    def fm_teacher_weights(self) -> Iterator[None]:
+        """The network with the teacher's parameters (frozen parameters untouched), student restored after."""
+        params = self._fm_trainable()
+        student = {n: p.data for n, p in params.items()}
+        for n, p in params.items():
+            p.data = self._fm_teacher[n]
+        try:
+            yield
+        finally:
+            for n, p in params.items():
+                p.data = student[n]
+
+    def fm_consistency_weight(self) -> float:
+        return rampup_weight(
+            self.current_epoch,
+            float(self.fm_option("consistency_weight")),
+            int(self.fm_option("consistency_rampup_epochs")),
+        )
+
+    def forward_backward(self, data: torch.Tensor, target) -> torch.Tensor:
+        if not self.fm_ssl:
+            return super().forward_backward(data, target)
+        std = float(self.fm_option("consistency_noise"))
+        with self.fm_autocast():
+            student = self.network(data + std * torch.randn_like(data))
+            supervised = self.loss(student, target)
+            with torch.no_grad(), self.fm_teacher_weights():
+                teacher = self.network(data + std * torch.randn_like(data))
+            loss = supervised + self.fm_consistency_weight() * consistency_loss(student, teacher)
+        self.scale_loss(loss).backward()
+        return loss
+
+    @torch.no_grad()
+    def fm_ema_update(self) -> None:
+        alpha = ema_alpha(self._fm_ema_step, float(self.fm_option("ema_decay")))
+        for n, p in self._fm_trainable().items():
+            self._fm_teacher[n].mul_(alpha).add_(p.detach(), alpha=1.0 - alpha)
+        self._fm_ema_step += 1
+
+    def train_step(self, batch: dict) -> dict:
+        result = super().train_step(batch)
+        if self.fm_ssl:
+            self.fm_ema_update()
+        return result
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+    def save_checkpoint(self, filename: str) -> None:
+        if not self.fm_ssl or getattr(self, "_fm_teacher", None) is None:
+            return super().save_checkpoint(filename)
+        to_teacher = self.fm_option("predict_with") == "teacher"
+        swap = self.fm_teacher_weights() if to_teacher else contextlib.nullcontext()
+        with swap:
+            super().save_checkpoint(filename)  # network_weights = the weights prediction uses
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return
+        other = {n: p.detach().clone() for n, p in self._fm_trainable().items()} if to_teacher else self._fm_teacher
+        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+        checkpoint[CHECKPOINT_KEY] = {
+            "network_weights_are": "teacher" if to_teacher else "student",
+            "other_trainable": {n: t.cpu() for n, t in other.items()},
+            "ema_step": self._fm_ema_step,
+        }
+        torch.save(checkpoint, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        if not isinstance(filename_or_checkpoint, str):
+            return  # nnU-Net 2.8.1 itself only loads from a path
+        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        if saved is None:
+            return
+        params = self._fm_trainable()
+        loaded = {n: p.detach().clone() for n, p in params.items()}  # what network_weights put in the network
+        other = {n: t.to(self.device) for n, t in saved["other_trainable"].items()}
+        if saved["network_weights_are"] == "teacher":
+            self._fm_teacher = loaded
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(other[n])  # the student continues training
+        else:
+            self._fm_teacher = other
+        self._fm_ema_step = int(saved["ema_step"])

@@ -1,0 +1,212 @@
+"""Mean Teacher hook and unlabelled cases (all-ignore label maps) with numbers."""
+
+import hashlib
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from nnunet_fm.errors import UserInputError
+from nnunet_fm.hooks.mean_teacher import (
+    CHECKPOINT_KEY,
+    MeanTeacherMixin,
+    consistency_loss,
+    ema_alpha,
+    rampup_weight,
+    weighted_identifiers,
+)
+from nnunet_fm.hooks.slice_mask import SliceMaskedLoss
+from nnunet_fm.unlabelled import add_unlabelled
+
+DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)
+IGNORE = 3
+
+
+class _Base:
+    def forward_backward(self, data, target):
+        raise AssertionError("Mean Teacher must handle the step itself")
+
+    def train_step(self, batch):
+        self.optimizer.zero_grad()
+        loss = self.forward_backward(batch["data"], batch["target"])
+        self.optimizer.step()
+        return {"loss": loss.item()}
+
+
+class _Trainer(MeanTeacherMixin, _Base):
+    """The hook on a tiny 3D conv net, without nnU-Net around it."""
+
+    def __init__(self, **options):
+        torch.manual_seed(0)
+        self.network = nn.Conv3d(1, 3, 1)
+        self.options = {
+            "ssl": "mean_teacher",
+            "ema_decay": 0.9,
+            "consistency_weight": 2.0,
+            "consistency_rampup_epochs": 0,
+            "consistency_noise": 0.0,
+            **options,
+        }
+        self.loss = SliceMaskedLoss.dice_ce(None, IGNORE, 0.0, 0.0)
+        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=0.1)
+        self.current_epoch = 0
+        self._fm_teacher = {n: p.detach().clone() for n, p in self.network.named_parameters()}
+        self._fm_ema_step = 0
+
+    def fm_option(self, name):
+        return self.options[name]
+
+    def fm_autocast(self):
+        return torch.autocast("cpu", enabled=False)
+
+    def scale_loss(self, loss):
+        return loss
+
+
+def _batch(target_value=None):
+    g = torch.Generator().manual_seed(1)
+    data = torch.randn(2, 1, 4, 8, 8, generator=g)
+    target = torch.randint(0, 3, (2, 1, 4, 8, 8), generator=g)
+    if target_value is not None:
+        target[:] = target_value
+    return {"data": data, "target": target}
+
+
+def test_ema_equals_the_formula_after_n_steps():
+    trainer = _Trainer()
+    expected = {n: t.clone() for n, t in trainer._fm_teacher.items()}
+    for step in range(5):
+        trainer.train_step(_batch())
+        alpha = ema_alpha(step, 0.9)
+        for n, p in trainer.network.named_parameters():
+            expected[n] = alpha * expected[n] + (1 - alpha) * p.detach()
+    assert ema_alpha(0, 0.9) == 0.0 and ema_alpha(4, 0.9) == pytest.approx(0.8) and ema_alpha(50, 0.9) == 0.9
+    for n, t in trainer._fm_teacher.items():
+        torch.testing.assert_close(t, expected[n])
+
+
+def test_consistency_is_zero_for_identical_student_teacher_and_inputs():
+    logits = torch.randn(2, 3, 4, 8, 8)
+    assert consistency_loss(logits, logits.clone()).item() == 0.0
+    trainer = _Trainer()  # teacher == student, noise 0: the loss is the supervised loss alone
+    batch = _batch()
+    with torch.no_grad():
+        supervised = trainer.loss(trainer.network(batch["data"]), batch["target"])
+    assert trainer.forward_backward(batch["data"], batch["target"]).item() == pytest.approx(supervised.item())
+
+
+def test_all_ignore_cases_train_only_through_consistency():
+    trainer = _Trainer(consistency_noise=0.5)
+    batch = _batch(target_value=IGNORE)
+    supervised = trainer.loss(trainer.network(batch["data"]), batch["target"])
+    supervised.backward()
+    assert supervised.item() == 0.0 and all(p.grad.abs().max() == 0 for p in trainer.network.parameters())
+    trainer.network.zero_grad()
+    loss = trainer.forward_backward(batch["data"], batch["target"])
+    assert loss.item() > 0 and any(p.grad.abs().max() > 0 for p in trainer.network.parameters())
+
+
+def test_rampup_and_batch_composition():
+    assert rampup_weight(0, 2.0, 10) == pytest.approx(2.0 * math.exp(-5))
+    assert rampup_weight(10, 2.0, 10) == 2.0 and rampup_weight(3, 2.0, 0) == 2.0
+    labelled, unlabelled = [f"l{i}" for i in range(3)], [f"u{i}" for i in range(7)]
+    for fraction in (0.25, 0.5, 0.8):
+        identifiers = weighted_identifiers(labelled, unlabelled, fraction)
+        share = sum(i.startswith("u") for i in identifiers) / len(identifiers)
+        assert share == pytest.approx(fraction, abs=0.01)
+        draws = np.random.RandomState(0).choice(identifiers, 20000)  # nnU-Net's uniform draw
+        assert np.mean([d.startswith("u") for d in draws]) == pytest.approx(fraction, abs=0.02)
+    assert weighted_identifiers(labelled, [], 0.5) == labelled
+
+
+def _digest(folder):
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def raw_copy(nnunet_env, tmp_path):
+    """A copy of the fixture's raw dataset and an unlabelled folder made from its test images."""
+    folder = tmp_path / "Dataset778_Semi"
+    shutil.copytree(nnunet_env.dataset_folder(DATASET_ID), folder)
+    images = tmp_path / "unlabelled"
+    images.mkdir()
+    for i, path in enumerate(sorted((folder / "imagesTs").glob("*_0000.nii.gz"))):
+        shutil.copy(path, images / f"unl_{i:03d}_0000.nii.gz")
+    return folder, images
+
+
+def test_add_unlabelled_writes_all_ignore_labels_and_records_them(raw_copy):
+    folder, images = raw_copy
+    before = json.loads((folder / "dataset.json").read_text())
+    cases = add_unlabelled(folder, images)
+    assert cases == ["unl_000", "unl_001"]
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta["labels"]["ignore"] == IGNORE and meta["numTraining"] == before["numTraining"] + 2
+    for case in cases:
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labelsTr" / f"{case}.nii.gz")))
+        image = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "imagesTr" / f"{case}_0000.nii.gz")))
+        assert label.shape == image.shape and (label == IGNORE).all()
+    record = json.loads((folder / "fm_cases.json").read_text())
+    assert record["unlabelled"] == cases and len(record["labelled"]) == before["numTraining"]
+    assert not list(folder.glob(".add_unlabelled.*"))
+
+
+@pytest.mark.parametrize("defect", ["extra_channel", "wrong_ending", "clash"])
+def test_add_unlabelled_refuses_a_mismatched_folder_and_changes_nothing(raw_copy, defect):
+    folder, images = raw_copy
+    if defect == "extra_channel":
+        shutil.copy(images / "unl_000_0000.nii.gz", images / "unl_000_0001.nii.gz")
+    elif defect == "wrong_ending":
+        (images / "unl_000_0000.nii.gz").rename(images / "unl_000_0000.nrrd")
+    else:
+        add_unlabelled(folder, images)
+    before = _digest(folder)
+    with pytest.raises(UserInputError, match="channels the model does not have|file ending|already exist"):
+        add_unlabelled(folder, images)
+    assert _digest(folder) == before
+
+
+def test_checkpoint_round_trip_restores_student_and_teacher(nnunet_env, tmp_path):
+    from nnunet_fm.ext_trainers.nnunet_fm_trainers import nnUNetTrainerFMUNet
+    from nnunet_fm.plans import add_configuration
+
+    settings = {
+        "ssl": "mean_teacher",
+        "num_epochs": 1,
+        "num_iterations_per_epoch": 1,
+        "num_val_iterations_per_epoch": 1,
+        "few_shot_k": 3,
+    }
+    add_configuration(DATASET_ID, "unet_fewshot", name="3d_mt_ckpt", overrides=settings)
+    folder = nnunet_env.preprocessed / nnunet_env.dataset_folder(DATASET_ID).name
+    plans = {**json.loads((folder / "nnUNetPlans.json").read_text()), "continue_training": False}
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    trainer = nnUNetTrainerFMUNet(plans, "3d_mt_ckpt", 0, dataset_json, torch.device("cpu"))
+    trainer.on_train_start()
+    try:
+        for _ in range(2):
+            trainer.train_step(next(trainer.dataloader_train))
+        student = {n: p.detach().clone() for n, p in trainer._fm_trainable().items()}
+        teacher = {n: t.clone() for n, t in trainer._fm_teacher.items()}
+        assert any(not torch.equal(student[n], teacher[n]) for n in student)
+        path = tmp_path / "checkpoint.pth"
+        trainer.save_checkpoint(str(path))
+        saved = torch.load(path, weights_only=False)
+        for n, t in teacher.items():  # nnUNetv2_predict loads the teacher
+            assert torch.equal(saved["network_weights"][n], t)
+        assert saved[CHECKPOINT_KEY]["ema_step"] == 2
+        with torch.no_grad():
+            for p in trainer._fm_trainable().values():
+                p.add_(1.0)
+        trainer._fm_teacher = {n: t + 1 for n, t in teacher.items()}
+        trainer.load_checkpoint(str(path))
+        for n, p in trainer._fm_trainable().items():
+            assert torch.equal(p.detach(), student[n]) and torch.equal(trainer._fm_teacher[n], teacher[n])
+        assert trainer._fm_ema_step == 2
+    finally:
+        trainer.dataloader_train = trainer.dataloader_val = None
