@@ -210,3 +210,52 @@ def test_checkpoint_round_trip_restores_student_and_teacher(nnunet_env, tmp_path
         assert trainer._fm_ema_step == 2
     finally:
         trainer.dataloader_train = trainer.dataloader_val = None
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_mean_teacher_through_stock_commands_on_a_dataset_with_unlabelled_cases(planned_workspace, tmp_path):
+    from nnunet_fm.demo import add_plans
+    from nnunet_fm.pipeline import Workspace, plan_and_preprocess, predict
+
+    ws = Workspace(tmp_path / "semi", extra_trainer_folders=planned_workspace.extra_trainer_folders)
+    folder = ws.raw / "Dataset779_Semi"
+    shutil.copytree(planned_workspace.dataset_folder(DATASET_ID), folder)
+    images = tmp_path / "unlabelled"
+    images.mkdir()
+    for i, path in enumerate(sorted((folder / "imagesTs").glob("*_0000.nii.gz"))):
+        shutil.copy(path, images / f"unl_{i:03d}_0000.nii.gz")
+    output = ws.run("nnunet-fm", "add-unlabelled", "-d", "779", "-i", str(images))
+    assert "Added 2 unlabelled case(s)" in output
+    plan_and_preprocess(ws, 779)  # --verify_dataset_integrity accepts the all-ignore label maps
+    settings = [
+        "ssl=mean_teacher",
+        "num_epochs=2",
+        "num_iterations_per_epoch=2",
+        "num_val_iterations_per_epoch=1",
+        "unlabelled_fraction=0.5",
+        "consistency_rampup_epochs=1",
+    ]
+    configuration = add_plans(ws, 779, "unet_fewshot", settings, name="3d_mt")
+    ws.run(
+        "nnUNetv2_train",
+        "779",
+        configuration,
+        "all",
+        "-tr",
+        "nnUNetTrainerFMUNet",
+        "-device",
+        "cpu",
+        extra_env={"nnUNet_n_proc_DA": "0"},
+    )
+    fold = ws.results / folder.name / f"nnUNetTrainerFMUNet__nnUNetPlans__{configuration}" / "fold_all"
+    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert "Mean Teacher: 5 labelled + 2 unlabelled training case(s)" in log
+    checkpoint = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+    assert (
+        checkpoint[CHECKPOINT_KEY]["network_weights_are"] == "teacher" and checkpoint[CHECKPOINT_KEY]["ema_step"] == 4
+    )
+    out = predict(ws, 779, configuration, "nnUNetTrainerFMUNet", "all", tmp_path / "predictions")
+    predictions = sorted(out.glob("*.nii.gz"))
+    assert len(predictions) == 2
+    assert all(set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(p))))) <= {0, 1, 2} for p in predictions)
