@@ -126,6 +126,7 @@ def _cmd_pseudolabel(args: argparse.Namespace) -> int:
         args.voxel_threshold,
         args.device,
         not args.disable_tta,
+        args.add_unlabelled,
     )
     manifest = json.loads((folder / "pseudolabel_manifest.json").read_text())
     kept = [c for c in manifest["pseudo_cases"] if c["kept"]]
@@ -266,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     pseudo.add_argument("--voxel-threshold", type=float, default=0.0, help="max-prob below V -> ignore label")
     pseudo.add_argument("--device", default="cpu")
     pseudo.add_argument("--disable_tta", action="store_true")
+    pseudo.add_argument(
+        "--add-unlabelled",
+        action="store_true",
+        help="add the cases that are not kept as unlabelled cases (all-ignore labels) for ssl=mean_teacher",
+    )
     pseudo.set_defaults(func=_cmd_pseudolabel)
 
     unlabelled = sub.add_parser("add-unlabelled", help="add unlabelled images (all-ignore labels) to a raw dataset")

@@ -214,8 +214,13 @@ def pseudolabel(
     voxel_threshold: float = 0.0,
     device: str = "cpu",
     mirroring: bool = True,
+    add_unlabelled: bool = False,
 ) -> Path:
-    """Predict, score, select and write the new raw dataset; returns its folder."""
+    """Predict, score, select and write the new raw dataset; returns its folder.
+
+    With ``add_unlabelled`` the cases that are not kept enter as unlabelled cases (``ul_*``, all-``ignore`` label
+    maps) for semi-supervised re-training (``ssl: mean_teacher``).
+    """
     model_folder, unlabelled = Path(model_folder), Path(unlabelled)
     if not 0 <= voxel_threshold < 1:
         raise UserInputError(
@@ -232,6 +237,8 @@ def pseudolabel(
     if list(Path(os.environ["nnUNet_raw"]).glob(f"Dataset{out_id:03d}_*")):
         raise UserInputError(f"A dataset with id {out_id} already exists in nnUNet_raw; choose another --out-id.")
     ignore_value = ignore_label_value(source.dataset_json, voxel_threshold)
+    if add_unlabelled and ignore_value is None:
+        ignore_value = max(allowed_label_values(source.dataset_json)) + 1
     with _sigterm_as_interrupt(), tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
         tmp = Path(tmp)
         predictions = tmp / "predictions"
@@ -269,11 +276,21 @@ def pseudolabel(
             image = sitk.GetImageFromArray(labels)
             image.CopyInformation(sitk.ReadImage(str(predictions / f"{score.case}{ending}")))
             sitk.WriteImage(image, str(dataset / "labelsTr" / f"{new_id}{ending}"), useCompression=True)
+        unlabelled_ids = []
+        if add_unlabelled:
+            from nnunet_fm.unlabelled import all_ignore_label
+
+            for score in (s for s in scores if s.case not in kept):
+                new_id = f"ul_{score.case}"
+                _copy_images(unlabelled, score.case, dataset / "imagesTr", new_id, channels, ending)
+                label = all_ignore_label(unlabelled / f"{score.case}_0000{ending}", ignore_value)
+                sitk.WriteImage(label, str(dataset / "labelsTr" / f"{new_id}{ending}"), useCompression=True)
+                unlabelled_ids.append(new_id)
         meta = dict(source.dataset_json)
         meta["labels"] = {k: v for k, v in source.dataset_json["labels"].items() if k != "ignore"}
         if ignore_value is not None:
             meta["labels"]["ignore"] = ignore_value
-        meta["numTraining"] = len(source.cases) + len(kept)
+        meta["numTraining"] = len(source.cases) + len(kept) + len(unlabelled_ids)
         meta["description"] = f"nnunet-fm pseudo-labels from {model_folder} (fold {fold})"
         atomic_write_json(dataset / "dataset.json", meta)
         atomic_write_json(
@@ -292,6 +309,7 @@ def pseudolabel(
                 "ignore_label": ignore_value,
                 "labelled_cases": source.cases,
                 "pseudo_cases": [asdict(s) | {"new_id": f"pl_{s.case}"} for s in scores],
+                "unlabelled_cases": unlabelled_ids,
             },
         )
         dataset.rename(target)

@@ -198,10 +198,12 @@ def test_pseudolabel_then_retrain_with_stock_commands(planned_workspace, ffa_mod
             shutil.copy(image, unlabelled / image.name)
     before = {p: p.stat().st_mtime_ns for p in source.rglob("*")}
 
-    with pytest.raises(RuntimeError, match="No case passed the selection"):
-        _pseudolabel(ws, model, "0", unlabelled, 952, "--case-threshold", "1.01")
+    with pytest.raises(RuntimeError, match="No case passed --case-threshold"):
+        _pseudolabel(ws, model, "0", unlabelled, 952, "--case-threshold", "1.0")
     assert not list(ws.raw.glob("Dataset952_*")) and not list(ws.raw.glob(".Dataset952*"))  # nothing written
-    output = _pseudolabel(ws, model, "0", unlabelled, 952, "--keep-fraction", "1.0", "--voxel-threshold", "0.6")
+    output = _pseudolabel(
+        ws, model, "0", unlabelled, 952, "--keep-fraction", "0.5", "--voxel-threshold", "0.6", "--add-unlabelled"
+    )
     assert "pseudo-labelled" in output and "nnUNetv2_move_plans_between_datasets -s 951 -t 952" in output
     assert {p: p.stat().st_mtime_ns for p in source.rglob("*")} == before  # source dataset untouched
     new = ws.dataset_folder(952)
@@ -210,6 +212,12 @@ def test_pseudolabel_then_retrain_with_stock_commands(planned_workspace, ffa_mod
     manifest = json.loads((new / "pseudolabel_manifest.json").read_text())
     assert set(manifest["labelled_cases"]) == few_shot and any(c["kept"] for c in manifest["pseudo_cases"])
     assert manifest["round"] == 1
+    # the cases not kept entered as unlabelled cases (all-ignore label maps) for ssl=mean_teacher
+    dropped = [c for c in manifest["pseudo_cases"] if not c["kept"]]
+    assert dropped and manifest["unlabelled_cases"] == [f"ul_{c['case']}" for c in dropped]
+    for case in manifest["unlabelled_cases"]:
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(new / "labelsTr" / f"{case}.nii.gz")))
+        assert (label == 3).all()
     plan_like_source(ws, DATASET_ID, 952)  # runs --verify_dataset_integrity on the new dataset
     plans = [json.loads((ws.preprocessed / d.name / "nnUNetPlans.json").read_text()) for d in (source, new)]
     key = "foreground_intensity_properties_per_channel"
