@@ -1,67 +1,69 @@
-"""LightMedSeg: a ~0.48M-parameter 3D segmentation network with learned spatial anchors.
+"""LightMedSeg: a 0.48M-parameter 3D segmentation network with learned spatial anchors.
 
-Re-implementation of LightMedSeg (arXiv 2603.07228, sections 3.1-3.6) written from the paper text.
+Re-implementation of LightMedSeg (arXiv 2603.07228, sections 3.1-3.6) written from the paper text
+(``shared/seeds/lightmedseg_paper.txt``). Data flow for an input ``[B, C_in, D, H, W]`` (every spatial
+size divisible by 16)::
 
-Data flow for an input ``[B, C_in, D, H, W]`` (every spatial size divisible by 16)::
+    stem      GhostConv3D(C_in -> 8, k3, s2) (+ GN4)                                    -> /2   (§3.1)
+    anchors   GlobalAnchorDetector(x) -> K points in [0, 1]^3 from the raw input                 (§3.2)
+    LSPM      texture map tau (1 ch) + structurally adapted features (8 ch)                /2   (§3.3)
+    encoder   widths 8, 16, 32, 64 at /2, /4, /8, /16 (max-pool after stages 1-3); each stage:
+              GhostConv3D -> anchor FiLM -> SiLU -> tau-gated depthwise / pointwise routing -> SE  (§3.4)
+    router    encoder stages projected to 64 ch, per-voxel softmax over stages (decoder stages 1-2) (§3.5)
+    decoder   bottleneck 1x1 projection, then 4 stages at /16, /8, /4, /2, widths 88, 44, 22, 8; each
+              stage: transposed conv (stride 1 at stage 1, stride 2 after) + anchor position bias ->
+              concat(skip) -> fuse conv + GN + SiLU -> SE -> softmax-gated {depthwise, ghost,
+              pointwise} mixing -> SE                                                              (§3.6)
+    skips     router output (stages 1-2), encoder stage 1 (stage 3), stem output (stage 4), each
+              resampled to the stage grid and projected by a 1x1 conv to the stage width
+    head      1x1 conv (-> num_classes) at /2, stride-2 transposed conv -> full-resolution logits
 
-    stem      GhostConv3D(C_in -> 8, k3, s2) + GN4                          -> /2
-    anchors   GlobalAnchorDetector(x) -> K points in [0, 1]^3 (from the raw input)
-    LSPM      texture map tau (1 ch) + structurally adapted features (8 ch)  (/2)
-    encoder   4 stages at /2, /4, /8, /16 (max-pool 2 between stages); each stage:
-              GhostConv3D -> GN -> anchor FiLM -> SiLU -> tau-gated depthwise/pointwise routing
-              -> GN -> SiLU -> SE, plus a residual from the FiLM output
-    decoder   bottleneck 1x1 projection, then 4 stages at /16, /8, /4, /2 (stage 1 works at the
-              bottleneck resolution, stages 2-4 upsample with a stride-2 transposed conv); each
-              stage: upsample + anchor position bias -> concat(skip) -> fuse conv + SE ->
-              softmax-gated {depthwise, ghost, pointwise} mixing -> GN -> SiLU -> SE, plus residual
-    skips     learned router (all four encoder stages, projected to 64 channels, per-voxel
-              softmax over stages) for the two low-resolution decoder stages (/16, /8);
-              direct aligned skips (encoder stage 2 -> /4, encoder stage 1 -> /2) for the others
-    head      1x1 conv (-> num_classes) at /2, stride-2 transposed conv -> full resolution logits
+Figures (4 input channels, 4 classes; ``tests/test_lightmedseg.py::test_module_budgets_match_paper``
+prints this table; parameters are ``sum(p.numel())``, everything trainable; FLOPs are
+``torch.utils.flop_counter`` at ``1x4x128^3``, 2 FLOPs per multiply-accumulate):
 
-Choices where the paper leaves numbers open (all are constructor arguments, JSON-friendly):
+==========================  ==========  ==========
+figure                      paper       this code
+==========================  ==========  ==========
+total                       0.48M       479,540
+ghost=False (dense convs)   0.66M       651,287
+num_anchors=16 / 32         0.49M/0.52M 489,692 / 509,996
+Global Anchor Detector      8.6K        8,640
+LSPM                        11.7K       11,689
+skip router                 24K         24,644
+compute                     14.64 GFLOPs 14.38 GFLOPs
+==========================  ==========  ==========
 
-* ``num_anchors`` K = 8: with detector widths (8, 8, 8), MLP hidden 128 and conv biases the
-  Global Anchor Detector has exactly 8,640 parameters for 4 input channels (paper: 8.6K), and
-  K = 16 / 32 give 0.49M / 0.52M in total, as in the paper's table 4.
-* ``encoder_channels`` = (16, 32, 64, 128): doubling from the 8-channel stem.
-* ``decoder_channels`` = (44, 24, 12, 10): roughly halving; stage 1 runs at the bottleneck
-  grid (no upsampling), so the three stride-2 transposed convs of stages 2-4 plus the final
-  one undo the stem and the three max-pools. The skip fusion is a dense 3x3x3 conv
-  (``fuse_kernel``), the third decoder branch a GhostConv3D. These widths are the ones that
-  put the total at 0.48M, the dense-conv variant at 0.66M and the compute at 14.6 GFLOPs.
-* ``lspm_hidden`` = 44: LSPM = 11.2K parameters (paper: 11.7K; GroupNorm wants a multiple of 4).
-* ``router_channels`` = 64 (paper). One projection set and one controller are shared by both
-  routed decoder stages, plus a 1x1 output conv per stage: 36.7K parameters (paper: 24K; the
-  difference comes from the wider encoder feeding the 64-channel projections).
-* SE bottleneck ``max(4, C // 4)``; GroupNorm with ``gcd(C, 4)`` groups; SiLU activations;
-  residual connections around the routing (encoder) and mixing (decoder) steps.
-* Anchor offsets use voxel centres ``(i + 0.5) / n``. Without the LSPM the encoder routing uses
-  a fixed 0.5/0.5 blend of the two paths.
-* Skips: the decoder stage at /4 takes encoder stage 2, the one at /2 encoder stage 1 (the
-  aligned maps; the paper text names the stem output for the last stage).
+Choices where the paper is silent or contradicts itself (each is a constructor argument):
 
-Parameter counting convention: ``sum(p.numel() for p in model.parameters())`` (everything is
-trainable; biases and GroupNorm affines included). Measured for 4 input channels, 4 classes:
+* Encoder widths (8, 16, 32, 64): "doubling at each stage" from the 8-channel stem; these widths give
+  the router its 24K (projections 7,936 + controller 16,708).
+* Decoder widths (88, 44, 22, 8): halving as resolution doubles, ending in the 8-channel output the paper
+  names. The mirror of the encoder, (64, 32, 16, 8), cannot meet the totals: with any mix of 1x1 / 3x3 and
+  dense / ghost fuse convs it stays at or below 0.63M dense parameters and 13 GFLOPs.
+* Decoder resolutions. The paper says both that every stage input is upsampled by a transposed conv up
+  to full resolution (§3.6) and that a stride-2 transposed conv after the 1x1 classifier restores the
+  input size. The encoder side (stem, anchors, LSPM, encoder: 7.8 GFLOPs) and one width-8 decoder stage
+  at full resolution (>= 1,508 multiply-accumulates per voxel: ghost branch 972, depthwise 216, 1x1 fuse
+  128, transposed conv 128, pointwise 64; >= 6.3 GFLOPs at 128^3) already exceed the 14.64 GFLOPs budget
+  together with the router and the other stages. So the stages run at /16, /8, /4, /2 and the head
+  upsamples; stage 1 keeps its own input transposed conv with stride 1 (a learned 1x1 re-projection
+  after the bottleneck projection).
+* Skips: the paper names encoder stage 1 for decoder stage 3 (average-pooled from /2 to /4) and the
+  stem output for stage 4 (same grid). Without the router (``use_skip_router=False``) stages 1-2 take
+  the aligned encoder stage (4, 3).
+* Fuse conv (Eq. 16; the layer is not named): dense conv + GN + SiLU, kernel 1 at the bottleneck
+  stage and 3 elsewhere (``fuse_kernels``). GhostConv3D is used only where the paper names it: stem,
+  encoder stages, the decoder's ghost branch.
+* GhostConv3D = primary conv (half the channels) + depthwise 3x3x3 conv (other half) + GN4, as §3.1
+  defines it for the stem; ``ghost=False`` replaces it by a dense conv + GN4.
+* Activations: SiLU after the encoder FiLM (the FiLM paper modulates pre-activation features) and after
+  the decoder fuse; no other GN / SiLU / residual connections around the stages (the paper names none).
+* LSPM gating head width 46 (11,689 parameters; GroupNorm with 2 groups since 46 is not a multiple of 4).
+* SE bottleneck ``max(4, C // 4)``; GN with ``gcd(C, 4)`` groups; anchor offsets use voxel centres
+  ``(i + 0.5) / n``; without the LSPM the encoder routing is a fixed 0.5 / 0.5 blend.
 
-=======================  ==========
-configuration            parameters
-=======================  ==========
-default                  475,450  (paper 0.48M)
-ghost=False              655,405  (paper 0.66M)
-use_lspm=False           464,253
-use_anchors=False        454,000
-use_skip_router=False    445,942
-num_anchors=16           490,786  (paper 0.49M)
-num_anchors=32           521,458  (paper 0.52M)
-=======================  ==========
-
-Compute convention: ``torch.utils.flop_counter.FlopCounterMode`` counts 2 FLOPs per
-multiply-accumulate (convolutions, transposed convolutions, matmuls; no norms, pooling or
-elementwise ops). For one ``1x4x128x128x128`` input it reports 14.63 GFLOPs, i.e. 7.31 G
-multiply-accumulates. The paper's 14.64 "GFLOPs" is matched under this 2-per-MAC convention;
-read as multiply-accumulates it would need about twice this model's compute at /2 resolution,
-which the 0.48M / 0.66M parameter budgets leave no room for with this layout.
+Ablations (same counting): use_lspm=False 467,851; use_anchors=False 463,442; use_skip_router=False 453,488.
 """
 
 from __future__ import annotations
@@ -111,11 +113,10 @@ def resample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 class GhostConv3D(nn.Module):
-    """Ghost convolution: a dense conv makes half the channels, a cheap depthwise conv the rest.
+    """GhostConv3D (paper §3.1): a dense conv makes half the channels, a depthwise 3x3x3 conv the rest, then GN4.
 
-    ``primary``: ``Conv3d(cin, ceil(cout/2), k, stride)``; ``cheap``: grouped 3x3x3 conv on the
-    primary features (depthwise when ``cout`` is even). Outputs are concatenated. No bias: a
-    normalisation layer always follows.
+    ``primary``: ``Conv3d(cin, ceil(cout/2), k, stride)``; ``cheap``: grouped 3x3x3 conv on the primary
+    features (depthwise when ``cout`` is even). Both halves are concatenated and normalised (GN, 4 groups).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> None:
@@ -126,23 +127,27 @@ class GhostConv3D(nn.Module):
         ghost = out_channels - primary
         self.primary = nn.Conv3d(in_channels, primary, kernel_size, stride, kernel_size // 2, bias=False)
         self.cheap = nn.Conv3d(primary, ghost, 3, 1, 1, groups=math.gcd(primary, ghost), bias=False)
+        self.norm = group_norm4(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.primary(x)
-        return torch.cat([y, self.cheap(y)], dim=1)
+        return self.norm(torch.cat([y, self.cheap(y)], dim=1))
 
 
 def make_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int, ghost: bool) -> nn.Module:
-    """GhostConv3D, or a plain bias-free Conv3d of the same geometry when ``ghost`` is False."""
+    """GhostConv3D, or a dense bias-free Conv3d + GN4 of the same geometry when ``ghost`` is False."""
     if ghost:
         return GhostConv3D(in_channels, out_channels, kernel_size, stride)
-    return nn.Conv3d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
+    return nn.Sequential(
+        nn.Conv3d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
+        group_norm4(out_channels),
+    )
 
 
 class GlobalAnchorDetector(nn.Module):
-    """Predicts ``K`` sample-specific anchors in ``[0, 1]^3`` from the raw input (paper 3.2).
+    """Predicts ``K`` sample-specific anchors in ``[0, 1]^3`` from the raw input (paper §3.2).
 
-    Three (Conv3d k3 s2 p1, GN, SiLU) layers -> global average pool -> Linear -> SiLU -> Linear
+    Three (Conv3d k3 s2 p1, GN4, SiLU) layers -> global average pool -> Linear -> SiLU -> Linear
     -> sigmoid, reshaped to ``[B, K, 3]`` (depth, height, width order).
     """
 
@@ -165,14 +170,14 @@ class GlobalAnchorDetector(nn.Module):
 
 
 class LocalStructuralPrior(nn.Module):
-    """LSPM (paper 3.3): texture routing map + complexity-gated two-expert 1x1 feature mixer.
+    """LSPM (paper §3.3): texture routing map + complexity-gated two-expert 1x1 feature mixer.
 
-    * texture: ``t = mean_c |x - dwconv3(x)|``, rescaled per sample to ``[0, 1]`` -> ``tau``
-    * gating head: conv3 (C -> hidden) + GN + SiLU -> conv3 (hidden -> 1) -> sigmoid -> ``s``
-    * mixer: ``w = softmax(conv1x1(s))`` over 2 experts; ``out = w0 * E0(x) + w1 * E1(x)``
+    * branch 1, texture: ``t = mean_c |x - dwconv3(x)|``, rescaled per sample to ``[0, 1]`` -> ``tau``
+    * branch 2, gating head: conv3 (C -> hidden) + GN + SiLU -> conv3 (hidden -> 1) -> sigmoid -> ``s``
+    * branch 3, mixer: ``w = softmax(conv1x1(s))`` over 2 experts; ``out = w0 * E0(x) + w1 * E1(x)``
     """
 
-    def __init__(self, channels: int, hidden: int = 44) -> None:
+    def __init__(self, channels: int, hidden: int = 46) -> None:
         super().__init__()
         self.smooth = nn.Conv3d(channels, channels, 3, 1, 1, groups=channels)
         self.gate_head = nn.Sequential(
@@ -191,7 +196,7 @@ class LocalStructuralPrior(nn.Module):
 
 
 class AnchorFiLM(nn.Module):
-    """FiLM from flattened anchors: ``x * (1 + gamma(a)) + beta(a)``, one scale/shift per channel."""
+    """FiLM from flattened anchors: ``x * (1 + gamma(a)) + beta(a)``, one scale/shift per channel (Eq. 6)."""
 
     def __init__(self, num_anchors: int, channels: int) -> None:
         super().__init__()
@@ -232,7 +237,11 @@ class AnchorPositionBias(nn.Module):
 
 
 class EncoderStage(nn.Module):
-    """Encoder stage (paper 3.4): projection, anchor FiLM, texture-gated two-path routing, SE."""
+    """Encoder stage (paper §3.4): GhostConv3D -> anchor FiLM -> SiLU -> texture-gated two-path routing -> SE.
+
+    Routing (Eq. 7-9): ``g * depthwise3(x) + (1 - g) * pointwise(x)`` with ``g`` the texture map resampled to
+    the stage grid (a fixed 0.5 / 0.5 blend without the LSPM).
+    """
 
     def __init__(
         self,
@@ -244,95 +253,82 @@ class EncoderStage(nn.Module):
     ) -> None:
         super().__init__()
         self.proj = make_conv(in_channels, out_channels, 3, 1, ghost)
-        self.norm = group_norm4(out_channels)
         self.film = AnchorFiLM(num_anchors, out_channels) if num_anchors else None
         self.detail = nn.Conv3d(out_channels, out_channels, 3, 1, 1, groups=out_channels)
         self.smooth = nn.Conv3d(out_channels, out_channels, 1)
-        self.route_norm = group_norm4(out_channels)
         self.se = SqueezeExcite(out_channels, se_reduction, min_hidden=4)
 
     def forward(
         self, x: torch.Tensor, tau: torch.Tensor | None = None, anchors: torch.Tensor | None = None
     ) -> torch.Tensor:
-        x = self.norm(self.proj(x))
+        x = self.proj(x)
         if self.film is not None:
             x = self.film(x, anchors)
         x = F.silu(x)
-        if tau is None:
-            routed = 0.5 * (self.detail(x) + self.smooth(x))
-        else:
-            g = resample(tau, x.shape[2:])
-            routed = g * self.detail(x) + (1 - g) * self.smooth(x)
-        return x + self.se(F.silu(self.route_norm(routed)))
+        g = 0.5 if tau is None else resample(tau, x.shape[2:])
+        return self.se(g * self.detail(x) + (1 - g) * self.smooth(x))
 
 
 class SkipRouter(nn.Module):
-    """Learned multi-scale skip router (paper 3.5) shared by the low-resolution decoder stages.
+    """Learned multi-scale skip router (paper §3.5, Eq. 11-13) shared by the two low-resolution decoder stages.
 
     Each encoder feature is resampled to the target grid and projected to ``width`` channels
-    (resampling and the 1x1 projection commute, so the cheaper order is used), a two-layer
+    (resampling and the 1x1 projection commute, so the cheaper order is used); a two-layer
     1x1 controller (``n*width -> width -> n``) predicts per-voxel softmax weights over the
-    ``n`` stages, and a per-target 1x1 conv maps the fused ``width`` channels to the stage width.
+    ``n`` stages. ``forward`` returns the fused ``width``-channel map (the per-stage output
+    projection belongs to the decoder's skip projections).
     """
 
-    def __init__(self, encoder_channels: Sequence[int], out_channels: Sequence[int], width: int = 64) -> None:
+    def __init__(self, encoder_channels: Sequence[int], width: int = 64) -> None:
         super().__init__()
         n = len(encoder_channels)
         self.proj = nn.ModuleList(nn.Conv3d(c, width, 1) for c in encoder_channels)
         self.controller = nn.Sequential(nn.Conv3d(n * width, width, 1), nn.SiLU(), nn.Conv3d(width, n, 1))
-        self.out = nn.ModuleList(nn.Conv3d(width, c, 1) for c in out_channels)
 
-    def forward(self, features: Sequence[torch.Tensor], target: int, size: Sequence[int]) -> torch.Tensor:
+    def forward(self, features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
         maps = [p(resample(f, size)) for p, f in zip(self.proj, features)]
         w = torch.softmax(self.controller(torch.cat(maps, dim=1)), dim=1)
-        fused = sum(w[:, i : i + 1] * m for i, m in enumerate(maps))
-        return self.out[target](fused)
+        return sum(w[:, i : i + 1] * m for i, m in enumerate(maps))
 
 
 class DecoderStage(nn.Module):
-    """Decoder stage (paper 3.6): upsample + anchor bias, concat-fuse + SE, 3-branch gated mixing + SE.
+    """Decoder stage (paper §3.6): transposed conv x2 + anchor bias -> concat-fuse + SE -> 3-branch mixing -> SE.
 
-    ``upsample=False`` keeps the resolution (first stage, which runs at the bottleneck grid).
-    Branches: depthwise conv3, ghost (or dense) conv3, pointwise conv; a shared 1x1 conv and a
-    softmax give per-voxel branch weights.
+    Input: transposed conv with kernel = stride = 2 (``upsample``) or 1. Fuse (Eq. 16): dense
+    ``fuse_kernel`` conv + GN + SiLU on ``concat(up, skip)``, then SE. Branches (Eq. 17-21): depthwise
+    conv3, GhostConv3D (dense with ``ghost=False``), pointwise conv; a shared 1x1 conv and a softmax give
+    per-voxel branch weights.
     """
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        upsample: bool,
         num_anchors: int | None,
         ghost: bool = True,
         se_reduction: int = 4,
         fuse_kernel: int = 3,
+        upsample: bool = True,
     ) -> None:
         super().__init__()
-        if upsample:
-            self.up: nn.Module = nn.ConvTranspose3d(in_channels, out_channels, 2, 2)
-        elif in_channels != out_channels:
-            self.up = nn.Conv3d(in_channels, out_channels, 1)
-        else:
-            self.up = nn.Identity()
+        stride = 2 if upsample else 1
+        self.up = nn.ConvTranspose3d(in_channels, out_channels, stride, stride)
         self.pos_bias = AnchorPositionBias(num_anchors, out_channels) if num_anchors else None
-        self.fuse = nn.Conv3d(2 * out_channels, out_channels, fuse_kernel, 1, fuse_kernel // 2, bias=False)
-        self.fuse_norm = group_norm4(out_channels)
+        self.fuse = make_conv(2 * out_channels, out_channels, fuse_kernel, 1, ghost=False)
         self.fuse_se = SqueezeExcite(out_channels, se_reduction, min_hidden=4)
         self.branch_gate = nn.Conv3d(out_channels, 3, 1)
         self.depthwise = nn.Conv3d(out_channels, out_channels, 3, 1, 1, groups=out_channels)
         self.ghost = make_conv(out_channels, out_channels, 3, 1, ghost)
         self.pointwise = nn.Conv3d(out_channels, out_channels, 1)
-        self.mix_norm = group_norm4(out_channels)
         self.se = SqueezeExcite(out_channels, se_reduction, min_hidden=4)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, anchors: torch.Tensor | None = None) -> torch.Tensor:
         x = self.up(x)
         if self.pos_bias is not None:
             x = x + self.pos_bias(anchors, x.shape[2:])
-        f = self.fuse_se(F.silu(self.fuse_norm(self.fuse(torch.cat([x, skip], dim=1)))))
+        f = self.fuse_se(F.silu(self.fuse(torch.cat([x, skip], dim=1))))
         w = torch.softmax(self.branch_gate(f), dim=1)
-        mixed = w[:, 0:1] * self.depthwise(f) + w[:, 1:2] * self.ghost(f) + w[:, 2:3] * self.pointwise(f)
-        return f + self.se(F.silu(self.mix_norm(mixed)))
+        return self.se(w[:, 0:1] * self.depthwise(f) + w[:, 1:2] * self.ghost(f) + w[:, 2:3] * self.pointwise(f))
 
 
 class LightMedSeg(nn.Module):
@@ -342,7 +338,7 @@ class LightMedSeg(nn.Module):
     ``deep_supervision`` is accepted because nnU-Net's ``get_network_from_plans`` passes it; only
     ``False`` is valid.
     Switching a component off (``use_lspm``, ``use_anchors``, ``use_skip_router``) means its
-    modules are not built; ``ghost=False`` replaces every GhostConv3D with a dense Conv3d.
+    modules are not built; ``ghost=False`` replaces every GhostConv3D with a dense Conv3d + GN.
     """
 
     plans_keys: tuple = ()
@@ -359,14 +355,14 @@ class LightMedSeg(nn.Module):
         use_skip_router: bool = True,
         ghost: bool = True,
         stem_channels: int = 8,
-        encoder_channels: Sequence[int] = (16, 32, 64, 128),
-        decoder_channels: Sequence[int] = (44, 24, 12, 10),
+        encoder_channels: Sequence[int] = (8, 16, 32, 64),
+        decoder_channels: Sequence[int] = (88, 44, 22, 8),
         router_channels: int = 64,
         anchor_widths: Sequence[int] = (8, 8, 8),
         anchor_hidden: int = 128,
-        lspm_hidden: int = 44,
+        lspm_hidden: int = 46,
         se_reduction: int = 4,
-        fuse_kernel: int = 3,
+        fuse_kernels: Sequence[int] = (1, 3, 3, 3),
         deep_supervision: bool = False,
     ) -> None:
         super().__init__()
@@ -385,7 +381,7 @@ class LightMedSeg(nn.Module):
         self.num_classes = num_classes
         k = num_anchors if use_anchors else None
 
-        self.stem = nn.Sequential(make_conv(input_channels, stem_channels, 3, 2, ghost), group_norm4(stem_channels))
+        self.stem = make_conv(input_channels, stem_channels, 3, 2, ghost)
         self.anchor_detector = (
             GlobalAnchorDetector(input_channels, num_anchors, anchor_widths, anchor_hidden) if use_anchors else None
         )
@@ -395,22 +391,18 @@ class LightMedSeg(nn.Module):
         self.encoder = nn.ModuleList(EncoderStage(i, o, k, ghost, se_reduction) for i, o in zip(ins, encoder_channels))
         self.pool = nn.MaxPool3d(2)
 
-        # decoder stage j (0-based) works at the grid of encoder stage 3 - j (0-based)
-        self.bottleneck = nn.Conv3d(encoder_channels[-1], decoder_channels[0], 1)
-        dec_ins = [decoder_channels[0], *decoder_channels[:-1]]
+        # decoder stage j (0-based) upsamples to the grid of encoder stage 2 - j (j < 3), the input grid (j = 3)
+        self.bottleneck = nn.Conv3d(encoder_channels[-1], encoder_channels[-1], 1)
+        dec_ins = [encoder_channels[-1], *decoder_channels[:-1]]
         self.decoder = nn.ModuleList(
-            DecoderStage(i, o, j > 0, k, ghost, se_reduction, fuse_kernel)
-            for j, (i, o) in enumerate(zip(dec_ins, decoder_channels))
+            DecoderStage(i, o, k, ghost, se_reduction, int(f), upsample=j > 0)
+            for j, (i, o, f) in enumerate(zip(dec_ins, decoder_channels, fuse_kernels))
         )
-        n_routed = 2 if use_skip_router else 0
-        self.router = (
-            SkipRouter(encoder_channels, decoder_channels[:n_routed], router_channels) if use_skip_router else None
-        )
-        self.skip_proj = nn.ModuleList(
-            nn.Conv3d(encoder_channels[3 - j], decoder_channels[j], 1) for j in range(n_routed, 4)
-        )
-        self.n_routed = n_routed
-
+        self.router = SkipRouter(encoder_channels, router_channels) if use_skip_router else None
+        # skip sources: router output (stages 1-2) or the aligned encoder stage; encoder stage 1; stem output
+        sources = [router_channels] * 2 if use_skip_router else [encoder_channels[3], encoder_channels[2]]
+        sources += [encoder_channels[0], stem_channels]
+        self.skip_proj = nn.ModuleList(nn.Conv3d(s, c, 1) for s, c in zip(sources, decoder_channels))
         self.classifier = nn.Conv3d(decoder_channels[-1], num_classes, 1)
         self.upsample_out = nn.ConvTranspose3d(num_classes, num_classes, 2, 2)
 
@@ -430,13 +422,19 @@ class LightMedSeg(nn.Module):
                 f"axis, e.g. `nnunet-fm plans add ... --set patch_size={fixed}`."
             )
 
+    def _skip(self, j: int, stem: torch.Tensor, skips: list[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        """Skip signal of decoder stage ``j`` at grid ``size`` (paper §3.5)."""
+        if j < 2:
+            source = self.router(skips, size) if self.router is not None else skips[3 - j]
+        else:
+            source = resample(skips[0] if j == 2 else stem, size)
+        return self.skip_proj[j](source)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         anchors = self.anchor_detector(x) if self.anchor_detector is not None else None
-        h = self.stem(x)
-        tau = None
-        if self.lspm is not None:
-            tau, h = self.lspm(h)
+        stem = self.stem(x)
+        tau, h = self.lspm(stem) if self.lspm is not None else (None, stem)
 
         skips: list[torch.Tensor] = []
         for i, stage in enumerate(self.encoder):
@@ -447,12 +445,7 @@ class LightMedSeg(nn.Module):
 
         d = self.bottleneck(h)
         for j, stage in enumerate(self.decoder):
-            size = skips[3 - j].shape[2:]
-            if j < self.n_routed:
-                skip = self.router(skips, j, size)
-            else:
-                skip = self.skip_proj[j - self.n_routed](skips[3 - j])
-            d = stage(d, skip, anchors)
+            d = stage(d, self._skip(j, stem, skips, skips[3 - j].shape[2:]), anchors)
         return self.upsample_out(self.classifier(d))
 
 
