@@ -42,8 +42,12 @@ class PlansOptionsMixin:
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.label_manager.has_regions and not getattr(self, "fm_supports_regions", False):
             raise UserInputError(
-                f"{type(self).__name__} trains with classes, not regions; dataset.json of "
-                f"{self.plans_manager.dataset_name} defines region labels. Use stock nnUNetTrainer for regions."
+                f"{type(self).__name__} trains with classes (softmax), not regions; dataset.json of "
+                f"{self.plans_manager.dataset_name} defines region labels. Either train the regions with stock "
+                "nnUNetTrainer, or give dataset.json integer class labels (BraTS: 1 necrosis, 2 oedema, 3 enhancing) "
+                "and train this trainer on the classes; nnUNetv2_evaluate_folder with a dataset.json that keeps the "
+                "regions (-djfile) then scores whole tumour / tumour core / enhancing tumour from the class "
+                "predictions, as the LightMedSeg paper does (README: 'Regions (BraTS)')."
             )
         self.fm_check_configuration(configuration)
         self._fm_options = self.fm_effective_options()
