@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from nnunet_fm.cli import main
@@ -219,3 +220,21 @@ def test_cube_template_patch_covers_the_median_image(nnunet_env):
     assert result.patch_size == [16, 48, 48]  # the fixture's median image, whole cubes of 8x16x16
     result = add_configuration(DATASET_ID, "dinov3_cube", name="3d_cube_global", overrides={"cube_size": [5, 32, 32]})
     assert result.patch_size == [20, 64, 64]  # rounded up: one window still covers a median case
+
+
+def test_cube_global_mode_predicts_a_median_case_in_one_window_and_patch_mode_stays_selectable(nnunet_env):
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+    median = [16, 48, 48]  # the fixture's median image
+    glob = add_configuration(DATASET_ID, "dinov3_cube", name="3d_cube_global", overrides={"cube_size": [8, 16, 16]})
+    steps = compute_steps_for_sliding_window(median, glob.patch_size, 0.5)
+    assert [len(s) for s in steps] == [1, 1, 1]  # one window: cube positions are positions in the volume
+    local = add_configuration(
+        DATASET_ID,
+        "dinov3_cube",
+        name="3d_cube_patch",
+        overrides={"cube_size": [8, 16, 16], "global_patch": False, "patch_size": [8, 32, 32]},
+    )
+    assert local.patch_size == [8, 32, 32]
+    steps = compute_steps_for_sliding_window(median, local.patch_size, 0.5)
+    assert np.prod([len(s) for s in steps]) > 1  # the previous behaviour: cubes tile a sliding patch
