@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from nnunet_fm.blocks import ConvNormAct, upsample_inplane
 from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenDINOv3, no_fp16_autocast, zchannel_slices
 from nnunet_fm.options import SIGNATURE, Option
+from nnunet_fm.two_pass import run_cubes
 
 __all__ = ["CubeDepthEmbedding", "CubeHead", "DINOv3Cube", "valid_cube_sizes"]
 
@@ -241,11 +242,4 @@ class DINOv3Cube(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Encode and decode every cube and re-assemble ``[B, num_classes, D, H, W]``."""
-        out: Tensor | None = None
-        for i, r in enumerate(self.cube_slices(x.shape[2:])):
-            x_cube = x[(slice(None), slice(None), *r)]
-            logits = self.decode_cube(self.encode_cube(x_cube, i), x_cube, i)
-            if out is None:
-                out = logits.new_empty((x.shape[0], logits.shape[1], *x.shape[2:]))
-            out[(slice(None), slice(None), *r)] = logits
-        return out
+        return run_cubes(self, x)[0]

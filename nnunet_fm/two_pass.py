@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from nnunet_fm.network_contract import SubCubeNetwork, unwrap
 
-__all__ = ["saved_tensor_peak", "two_pass_step"]
+__all__ = ["run_cubes", "saved_tensor_peak", "two_pass_step"]
 
 
 def _is_ddp(model: nn.Module) -> bool:
@@ -68,6 +68,24 @@ def _region(r: tuple[slice, ...]) -> tuple[slice, ...]:
     return (slice(None), slice(None), *r)
 
 
+def run_cubes(net: SubCubeNetwork, x: Tensor) -> tuple[Tensor, list[Any]]:
+    """Encode and decode every cube of ``x``; returns the re-assembled ``[B, num_classes, *spatial]`` logits and
+    each cube's features (in cube-index order). Autograd follows the caller's grad mode."""
+    logits: Tensor | None = None
+    features: list[Any] = []
+    for i, r in enumerate(net.cube_slices(tuple(x.shape[2:]))):
+        x_cube = x[_region(r)]
+        feats = net.encode_cube(x_cube, i)
+        cube_logits = net.decode_cube(feats, x_cube, i)
+        if logits is None:
+            logits = cube_logits.new_empty((x.shape[0], cube_logits.shape[1], *x.shape[2:]))
+        logits[_region(r)] = cube_logits
+        features.append(feats)
+    if logits is None:
+        raise ValueError(f"{type(net).__name__}.cube_slices returned no regions for {tuple(x.shape[2:])}")
+    return logits, features
+
+
 def two_pass_step(
     model: nn.Module,
     x: Tensor,
@@ -84,26 +102,15 @@ def two_pass_step(
     net = unwrap(model)
     if not isinstance(net, SubCubeNetwork):
         raise TypeError(f"two_pass_step needs a network with the sub-cube protocol; {type(net).__name__} has none.")
-    regions = net.cube_slices(tuple(x.shape[2:]))
-    features: list[Any] = []
-    logits: Tensor | None = None
     with torch.no_grad():
-        for i, r in enumerate(regions):
-            x_cube = x[_region(r)]
-            feats = net.encode_cube(x_cube, i)
-            cube_logits = net.decode_cube(feats, x_cube, i)
-            if logits is None:
-                logits = cube_logits.new_empty((x.shape[0], cube_logits.shape[1], *x.shape[2:]))
-            logits[_region(r)] = cube_logits
-            features.append(feats)
-    assert logits is not None, "cube_slices returned no regions"
+        logits, features = run_cubes(net, x)
     logits.requires_grad_(True)
     with torch.enable_grad():
         loss = loss_fn(logits, target)
         objective = scale_loss(loss) if scale_loss is not None else loss
         (grad,) = torch.autograd.grad(objective, logits)
     del logits, objective
-    for i, r in enumerate(regions):
+    for i, r in enumerate(net.cube_slices(tuple(x.shape[2:]))):
         x_cube = x[_region(r)]
         with torch.enable_grad():
             cube_logits = net.decode_cube(features[i], x_cube, i)

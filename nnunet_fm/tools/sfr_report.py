@@ -33,7 +33,7 @@ from nnunet_fm.tools.report import markdown_table
 SOURCE_ID, PSEUDO_ID, STOCK_PLANNED_ID = 902, 903, 904
 
 
-def _train(
+def train_config(
     ws: Workspace, dataset_id: int, trainer: str, settings: list[str], name: str, device: str, fold: int | str = 0
 ) -> dict:
     template, plugin_trainer = template_for_trainer(trainer)
@@ -73,16 +73,28 @@ def pseudo_label_dice(pseudo_dataset: Path, source_dataset: Path) -> dict:
     }
 
 
-def _pseudolabel(ws: Workspace, model: Path, pool: Path, keep_fraction: float, voxel_threshold: float, device: str):
+def pseudolabel_into(
+    ws: Workspace,
+    model: Path,
+    pool: Path,
+    keep_fraction: float,
+    voxel_threshold: float,
+    device: str,
+    out_id: int = PSEUDO_ID,
+    out_name: str = "SFRPseudo",
+    extra: tuple[str, ...] = (),
+) -> Path:
+    """``nnunet-fm pseudolabel`` of ``pool`` with ``model`` (fold 0) into a fresh dataset ``out_id``; its folder."""
     for root in (ws.raw, ws.preprocessed):  # a re-run starts from a clean pseudo-labelled dataset
-        shutil.rmtree(root / f"Dataset{PSEUDO_ID}_SFRPseudo", ignore_errors=True)
+        for old in root.glob(f"Dataset{out_id:03d}_*"):
+            shutil.rmtree(old)
     ws.run(
         "nnunet-fm",
-        *("pseudolabel", "-m", str(model), "-f", "0", "-i", str(pool), "--out-id", str(PSEUDO_ID)),
-        *("--out-name", "SFRPseudo", "--keep-fraction", str(keep_fraction)),
-        *("--voxel-threshold", str(voxel_threshold), "--disable_tta", "--device", device),
+        *("pseudolabel", "-m", str(model), "-f", "0", "-i", str(pool), "--out-id", str(out_id)),
+        *("--out-name", out_name, "--keep-fraction", str(keep_fraction)),
+        *("--voxel-threshold", str(voxel_threshold), "--disable_tta", "--device", device, *extra),
     )
-    return ws.dataset_folder(PSEUDO_ID)
+    return ws.dataset_folder(out_id)
 
 
 def run(
@@ -107,7 +119,7 @@ def run(
         f"few_shot_k={labelled}",
     ]
     teacher = template_for_trainer(teacher)[1]
-    fm = _train(ws, SOURCE_ID, teacher, schedule, "3d_sfr_teacher", device)
+    fm = train_config(ws, SOURCE_ID, teacher, schedule, "3d_sfr_teacher", device)
     model = ws.results / source.name / f"{teacher}__nnUNetPlans__3d_sfr_teacher"
     few_shot = set(json.loads((model / "fold_0" / "fewshot_cases.json").read_text())["cases"])
     pool = ws.root / "unlabelled"
@@ -116,7 +128,7 @@ def run(
     for image in (source / "imagesTr").glob("*_0000.nii.gz"):
         if image.name[: -len("_0000.nii.gz")] not in few_shot:
             shutil.copy(image, pool / image.name)
-    pseudo = _pseudolabel(ws, model, pool, keep_fraction, voxel_threshold, device)
+    pseudo = pseudolabel_into(ws, model, pool, keep_fraction, voxel_threshold, device)
     for sub in ("imagesTs", "labelsTs"):
         shutil.copytree(source / sub, pseudo / sub, dirs_exist_ok=True)
     kept = sum(c["kept"] for c in json.loads((pseudo / MANIFEST_NAME).read_text())["pseudo_cases"])
@@ -132,13 +144,13 @@ def run(
             **(
                 fm
                 if template_for_trainer(retrain_trainer)[1] == teacher  # the teacher run is this baseline
-                else _train(ws, SOURCE_ID, retrain_trainer, schedule, "3d_sfr_baseline", device)
+                else train_config(ws, SOURCE_ID, retrain_trainer, schedule, "3d_sfr_baseline", device)
             ),
         },
         {
             "model": retrain_trainer,
             "trained on": f"{mixed}, source plans (fold all)",
-            **_train(ws, PSEUDO_ID, retrain_trainer, all_cases, "3d_sfr_retrained", device, fold="all"),
+            **train_config(ws, PSEUDO_ID, retrain_trainer, all_cases, "3d_sfr_retrained", device, fold="all"),
         },
     ]
     if compare_stock_planning:
@@ -147,7 +159,7 @@ def run(
         shutil.rmtree(ws.preprocessed / stock.name, ignore_errors=True)
         shutil.copytree(pseudo, stock)
         plan_and_preprocess(ws, STOCK_PLANNED_ID)
-        result = _train(ws, STOCK_PLANNED_ID, retrain_trainer, all_cases, "3d_sfr_retrained", device, fold="all")
+        result = train_config(ws, STOCK_PLANNED_ID, retrain_trainer, all_cases, "3d_sfr_retrained", device, fold="all")
         rows.append({"model": retrain_trainer, "trained on": f"{mixed}, planned from scratch (fold all)", **result})
     return rows
 

@@ -1,0 +1,183 @@
+"""Semi-supervised re-training on the demo data: labelled-only vs self-training vs Mean Teacher vs the SFR recipe.
+
+    python -m nnunet_fm.tools.ssl_report --workdir ssl_run [--shots 1,3] [--seeds 0,1,2] [--unlabelled 6]
+        [--epochs 10] [--iterations 10] [--teacher-epochs 6] [--device cpu]
+
+For every K and seed (the seed picks the K labelled cases, ``few_shot_seed``), on one synthetic vessel dataset:
+
+1. a K-shot DINOv3-FFA teacher (fold 0; the demo's tiny random-weight encoder);
+2. the student (default ``nnUNetTrainerFMUNet``) at the same budget in four ways:
+   * **labelled only**: the K cases (fold 0);
+   * **self-training**: K labelled + the teacher's confident pseudo-labels (``nnunet-fm pseudolabel``, fold all);
+   * **Mean Teacher**: K labelled + ``--unlabelled`` unlabelled cases (``nnunet-fm add-unlabelled``, all-ignore
+     labels) with ``ssl=mean_teacher`` (fold all);
+   * **Mean Teacher + FFA pseudo-labels** (SFR): the pseudo-labelled dataset with the cases that were not kept
+     entering as unlabelled (``pseudolabel --add-unlabelled``) and ``ssl=mean_teacher`` (fold all);
+3. every model evaluated on the demo test set. Writes ``ssl_report.json`` / ``ssl_report.md`` (mean ± std over
+   seeds per K and method) and keeps each finished run in ``runs/`` so an interrupted report continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_fm.atomic_io import atomic_write_json, atomic_write_text
+from nnunet_fm.demo import FLAGSHIP, prepare_dataset
+from nnunet_fm.file_names import FEWSHOT_RECORD_NAME
+from nnunet_fm.pipeline import Workspace, plan_like_source
+from nnunet_fm.tools.report import markdown_table
+from nnunet_fm.tools.sfr_report import pseudolabel_into, train_config
+from nnunet_fm.unlabelled import add_unlabelled
+
+SOURCE_ID = 905
+METHODS = ("labelled only", "self-training", "Mean Teacher", "Mean Teacher + FFA pseudo-labels")
+
+
+def _schedule(epochs: int, iterations: int) -> list[str]:
+    return [f"num_epochs={epochs}", f"num_iterations_per_epoch={iterations}", "num_val_iterations_per_epoch=1"]
+
+
+def _mean_teacher(epochs: int) -> list[str]:
+    """Mean Teacher at a short budget: the consistency weight ramps up over the first half of training."""
+    return ["ssl=mean_teacher", f"consistency_rampup_epochs={max(1, epochs // 2)}"]
+
+
+def _labelled_only_dataset(ws: Workspace, source: Path, keep: set[str], out_id: int, name: str) -> Path:
+    """Copy of ``source`` with only the ``keep`` training cases (and its test set)."""
+    target = ws.raw / f"Dataset{out_id:03d}_{name}"
+    for root in (ws.raw, ws.preprocessed):
+        for old in root.glob(f"Dataset{out_id:03d}_*"):
+            shutil.rmtree(old)
+    meta = json.loads((source / "dataset.json").read_text())
+    ending = meta["file_ending"]
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("imagesTr", "labelsTr"))
+    for sub in ("imagesTr", "labelsTr"):
+        (target / sub).mkdir()
+    for case in sorted(keep):
+        shutil.copy2(source / "labelsTr" / f"{case}{ending}", target / "labelsTr")
+        for image in (source / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9]{ending}"):
+            shutil.copy2(image, target / "imagesTr")
+    atomic_write_json(target / "dataset.json", {**meta, "numTraining": len(keep)})
+    return target
+
+
+def _with_test_set(dataset: Path, source: Path) -> None:
+    for sub in ("imagesTs", "labelsTs"):
+        shutil.copytree(source / sub, dataset / sub, dirs_exist_ok=True)
+
+
+def run_seed(ws: Workspace, source: Path, shots: int, seed: int, args: argparse.Namespace) -> list[dict]:
+    """Teacher + the four students for one (K, seed); returns one record per method."""
+    tag = f"k{shots}_s{seed}"
+    pick = [f"few_shot_k={shots}", f"few_shot_seed={seed}"]
+    teacher = FLAGSHIP["trainer"]
+    teacher_settings = [*_schedule(args.teacher_epochs, args.iterations), *pick]
+    train_config(ws, SOURCE_ID, teacher, teacher_settings, f"3d_t_{tag}", args.device)
+    model = ws.results / source.name / f"{teacher}__nnUNetPlans__3d_t_{tag}"
+    labelled = set(json.loads((model / "fold_0" / FEWSHOT_RECORD_NAME).read_text())["cases"])
+    splits = json.loads((ws.preprocessed / source.name / "splits_final.json").read_text())
+    candidates = sorted(set(splits[0]["train"]) - labelled)[: args.unlabelled]
+    pool = ws.root / f"pool_{tag}"
+    shutil.rmtree(pool, ignore_errors=True)
+    pool.mkdir()
+    for case in candidates:
+        shutil.copy(source / "imagesTr" / f"{case}_0000.nii.gz", pool)
+
+    base = 910 + 10 * (shots % 10) + 3 * seed  # three derived datasets per (K, seed)
+    ids = {"self-training": base, "Mean Teacher": base + 1, "Mean Teacher + FFA pseudo-labels": base + 2}
+    selection = (args.keep_fraction, args.voxel_threshold, args.device)
+    pseudo = pseudolabel_into(ws, model, pool, *selection, ids["self-training"], f"SSLPseudo{tag}")
+    mixed = pseudolabel_into(
+        ws, model, pool, *selection, ids["Mean Teacher + FFA pseudo-labels"], f"SSLPseudoUl{tag}", ("--add-unlabelled",)
+    )
+    plain = _labelled_only_dataset(ws, source, labelled, ids["Mean Teacher"], f"SSLUnlabelled{tag}")
+    add_unlabelled(plain, pool)
+    for dataset, dataset_id in zip((pseudo, plain, mixed), ids.values()):
+        _with_test_set(dataset, source)
+        plan_like_source(ws, SOURCE_ID, dataset_id)
+
+    student, schedule = args.student, _schedule(args.epochs, args.iterations)
+    everything = [*schedule, "few_shot_k=null"]
+    plans = {
+        "labelled only": (SOURCE_ID, [*schedule, *pick], 0),
+        "self-training": (ids["self-training"], everything, "all"),
+        "Mean Teacher": (ids["Mean Teacher"], [*everything, *_mean_teacher(args.epochs)], "all"),
+        "Mean Teacher + FFA pseudo-labels": (
+            ids["Mean Teacher + FFA pseudo-labels"],
+            [*everything, *_mean_teacher(args.epochs)],
+            "all",
+        ),
+    }
+    records = []
+    for method in METHODS:
+        dataset_id, settings, fold = plans[method]
+        name = f"3d_{method.split()[0].lower()}_{tag}"
+        scores = train_config(ws, dataset_id, student, settings, name, args.device, fold=fold)
+        records.append({"method": method, "shots": shots, "seed": seed, **scores})
+    return records
+
+
+def summarise(records: list[dict]) -> list[list[str]]:
+    """Table rows: mean ± std of mean Dice and per-class Dice over seeds, per K and method."""
+    rows = []
+    for shots in sorted({r["shots"] for r in records}):
+        for method in METHODS:
+            group = [r for r in records if r["shots"] == shots and r["method"] == method]
+            if not group:
+                continue
+            cells = [method, str(shots), str(len(group))]
+            for values in (
+                [r["mean_dice"] for r in group],
+                *([r["per_class_dice"].get(c, 0.0) for r in group] for c in ("1", "2")),
+            ):
+                cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}")
+            rows.append(cells)
+    return rows
+
+
+def to_markdown(records: list[dict]) -> str:
+    header = ["method", "K", "seeds", "mean Dice", "artery", "vein"]
+    return markdown_table(header, summarise(records))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="ssl_run")
+    parser.add_argument("--shots", default="1,3")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--unlabelled", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--teacher-epochs", type=int, default=6)
+    parser.add_argument("--student", default="nnUNetTrainerFMUNet")
+    parser.add_argument("--keep-fraction", type=float, default=0.75)
+    parser.add_argument("--voxel-threshold", type=float, default=0.7)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir).resolve()
+    ws = Workspace(workdir, log=workdir / "commands.log")
+    shots = [int(k) for k in args.shots.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    source = prepare_dataset(ws, SOURCE_ID, num_train=max(shots) + args.unlabelled + 2, num_test=4, seed=11)
+    runs = workdir / "runs"
+    runs.mkdir(exist_ok=True)
+    records: list[dict] = []
+    for k in shots:
+        for seed in seeds:
+            done = runs / f"k{k}_s{seed}.json"
+            if not done.is_file():
+                atomic_write_json(done, run_seed(ws, source, k, seed, args))
+            records += json.loads(done.read_text())
+            table = to_markdown(records)
+            atomic_write_json(workdir / "ssl_report.json", {"arguments": vars(args), "records": records})
+            atomic_write_text(workdir / "ssl_report.md", table + "\n")
+            print(table, flush=True)
+
+
+if __name__ == "__main__":
+    main()
