@@ -7,7 +7,10 @@ import sys
 
 import pytest
 import torch
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
+from nnunet_fm.network_contract import count_parameters
 from nnunet_fm.tools import bench
 
 torch.set_num_threads(1)
@@ -138,3 +141,61 @@ def test_main_with_plans(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "input channels 2, classes 3" in out and "patch (D, H, W): [4, 32, 32]" in out
     assert "| nnU-Net PlainConvUNet (stock) | " in out and "| 1.00x |" in out
+
+
+def test_prediction_goes_through_nnunet_predictor(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    settings = []
+    original = nnUNetPredictor.predict_sliding_window_return_logits
+
+    def counting(self: nnUNetPredictor, input_image: torch.Tensor) -> torch.Tensor:
+        settings.append(
+            (self.tile_step_size, self.use_mirroring, self.allowed_mirroring_axes, self.perform_everything_on_device)
+        )
+        out = original(self, input_image)
+        calls.append((tuple(input_image.shape), tuple(out.shape)))
+        return out
+
+    monkeypatch.setattr(nnUNetPredictor, "predict_sliding_window_return_logits", counting)
+    cfg = tiny_config(repeats=2, num_classes=3)
+    model = bench.build_model("unet", cfg)
+    seconds = bench.time_prediction("unet", model, cfg, torch.device("cpu"))
+    assert seconds > 0 and model.training
+    # one warm-up call on a single tile, then one call per repeat on the whole volume
+    assert calls == [((1, 4, 32, 32), (3, 4, 32, 32))] + [((1, 4, 48, 48), (3, 4, 48, 48))] * 2
+    assert set(settings) == {(0.5, False, None, False)}
+    assert not hasattr(bench, "sliding_window_predict")
+
+
+@pytest.mark.parametrize("name", ["ffa-s", "cube", "lightmedseg"])
+def test_plugin_model_is_what_its_trainer_builds(name: str) -> None:
+    from nnunet_fm.ext_trainers import nnunet_fm_trainers
+
+    cfg = tiny_config(patch=(16, 32, 32)) if name == "lightmedseg" else tiny_config()
+    trainer = getattr(nnunet_fm_trainers, bench.TRAINERS[name])
+    assert trainer.fm_network == bench.NETWORK_CLASSES[name]
+    arch_kwargs = {
+        "ffa-s": {"encoder": "vit_small_patch16_dinov3", "encoder_kwargs": TINY_ENCODER, "vit_amp": False},
+        "cube": {"encoder": "vit_small_patch16_dinov3", "encoder_kwargs": TINY_ENCODER, "vit_amp": False},
+        "lightmedseg": {},
+    }[name]
+    if name != "lightmedseg":
+        arch_kwargs["taps"] = [0, 1, 1]
+    if name == "ffa-s":
+        arch_kwargs["agg_heads"] = 2
+    conf = {
+        "patch_size": list(cfg.patch),
+        "architecture": {
+            "network_class_name": trainer.fm_network,
+            "arch_kwargs": arch_kwargs,
+            "_kw_requires_import": [],
+        },
+    }
+    by_trainer = trainer.build_network_architecture(
+        PlansManager({"configurations": {"c": conf}}), ConfigurationManager(conf), 1, 2, enable_deep_supervision=False
+    )
+    by_bench = bench.build_model(name, cfg)
+    assert type(by_bench) is type(by_trainer)
+    assert count_parameters(by_bench) == count_parameters(by_trainer)
+    shapes = {k: v.shape for k, v in by_trainer.state_dict().items()}
+    assert {k: v.shape for k, v in by_bench.state_dict().items()} == shapes
