@@ -101,7 +101,11 @@ def check_unlabelled_folder(folder: Path, dataset_json: dict) -> list[str]:
 def _sigterm_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt so the hidden temporary dataset folder is removed as on Ctrl-C."""
 
+    owner = os.getpid()
+
     def _raise(signum, frame):
+        if os.getpid() != owner:  # a forked worker (nnU-Net's export pool, terminated when done): exit quietly
+            os._exit(128 + signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
     try:

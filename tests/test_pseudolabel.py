@@ -134,3 +134,32 @@ def test_pseudo_label_dice_scores_kept_cases_over_annotated_voxels(tmp_path):
     (pseudo / MANIFEST_NAME).write_text(json.dumps({"pseudo_cases": cases}))
     scores = pseudo_label_dice(pseudo, source)
     assert scores["per_class_dice"] == {"1": 1.0, "2": pytest.approx(2 / 3, abs=1e-4)}
+
+
+def test_sigterm_interrupts_the_command_but_lets_forked_workers_exit_quietly():
+    """nnU-Net terminates its export pool with SIGTERM when done: no worker may print a traceback."""
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    from nnunet_fm.pseudolabel import _sigterm_as_interrupt
+
+    ctx = multiprocessing.get_context("fork")
+    running = ctx.Event()
+
+    def worker() -> None:
+        running.set()
+        time.sleep(30)
+
+    with _sigterm_as_interrupt():
+        child = ctx.Process(target=worker)
+        child.start()
+        assert running.wait(10)
+        child.terminate()  # SIGTERM, as Pool.terminate() sends
+        child.join(10)
+        assert child.exitcode == 128 + signal.SIGTERM  # os._exit in the worker, no KeyboardInterrupt traceback
+        with pytest.raises(KeyboardInterrupt, match="signal 15"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is not None

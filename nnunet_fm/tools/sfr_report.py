@@ -37,7 +37,9 @@ def train_config(
     ws: Workspace, dataset_id: int, trainer: str, settings: list[str], name: str, device: str, fold: int | str = 0
 ) -> dict:
     template, plugin_trainer = template_for_trainer(trainer)
-    extra = list(FLAGSHIP["set"]) if plugin_trainer == FLAGSHIP["trainer"] else []
+    given = {setting.partition("=")[0] for setting in settings}
+    flagship = list(FLAGSHIP["set"]) if plugin_trainer == FLAGSHIP["trainer"] else []
+    extra = [setting for setting in flagship if setting.partition("=")[0] not in given]  # settings win
     configuration = add_plans(ws, dataset_id, template, [*extra, *settings], name=name)
     return train_predict_evaluate(
         ws, dataset_id, configuration, plugin_trainer, fold, device, predict_args=("--disable_tta",)
