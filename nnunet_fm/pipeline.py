@@ -95,6 +95,13 @@ class Workspace:
     def dataset_folder(self, dataset_id: int) -> Path:
         return next(self.raw.glob(f"Dataset{dataset_id:03d}_*"))
 
+    def model_folder(self, dataset_id: int, trainer: str, configuration: str, plans: str = "nnUNetPlans") -> Path:
+        """The results folder nnU-Net trains ``trainer`` / ``plans`` / ``configuration`` into."""
+        from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
+
+        identifier = convert_trainer_plans_config_to_identifier(trainer, plans, configuration)
+        return self.results / self.dataset_folder(dataset_id).name / identifier
+
 
 def _resolve(executable: str) -> str:
     """Console scripts of the running interpreter's environment take precedence over PATH."""
@@ -207,7 +214,7 @@ def train_predict_evaluate(
     )
     prediction = ws.root / "predictions" / f"{trainer}__{configuration}__fold{fold}"
     predict(ws, dataset_id, configuration, trainer, fold, prediction, device, predict_args)
-    model = ws.results / folder.name / f"{trainer}__nnUNetPlans__{configuration}"
+    model = ws.model_folder(dataset_id, trainer, configuration)
     ws.run(
         "nnUNetv2_evaluate_folder",
         str(folder / "labelsTs"),

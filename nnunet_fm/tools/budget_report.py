@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu",
             extra_env={"nnUNet_n_proc_DA": "0"},
         )
-        fold = ws.results / ws.dataset_folder(DEMO_DATASET_ID).name / f"{trainer}__nnUNetPlans__{configuration}"
+        fold = ws.model_folder(DEMO_DATASET_ID, trainer, configuration)
         log = "".join(p.read_text() for p in (fold / "fold_0").glob("training_log_*.txt"))
         train, val = (int(v) for v in re.findall(r"x (\d+) iterations = .*validation (\d+) iteration", log)[-1])
         measured[name] = (train + val, statistics.median(epoch_times(fold / "fold_0")), budget_lines(log))

@@ -122,7 +122,7 @@ def run(
     ]
     teacher = template_for_trainer(teacher)[1]
     fm = train_config(ws, SOURCE_ID, teacher, schedule, "3d_sfr_teacher", device)
-    model = ws.results / source.name / f"{teacher}__nnUNetPlans__3d_sfr_teacher"
+    model = ws.model_folder(SOURCE_ID, teacher, "3d_sfr_teacher")
     few_shot = set(json.loads((model / "fold_0" / "fewshot_cases.json").read_text())["cases"])
     pool = ws.root / "unlabelled"
     shutil.rmtree(pool, ignore_errors=True)

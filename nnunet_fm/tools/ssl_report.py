@@ -78,7 +78,7 @@ def run_seed(ws: Workspace, source: Path, shots: int, seed: int, args: argparse.
     teacher = FLAGSHIP["trainer"]
     teacher_settings = [*_schedule(args.teacher_epochs, args.iterations), *pick]
     train_config(ws, SOURCE_ID, teacher, teacher_settings, f"3d_t_{tag}", args.device)
-    model = ws.results / source.name / f"{teacher}__nnUNetPlans__3d_t_{tag}"
+    model = ws.model_folder(SOURCE_ID, teacher, f"3d_t_{tag}")
     labelled = set(json.loads((model / "fold_0" / FEWSHOT_RECORD_NAME).read_text())["cases"])
     splits = json.loads((ws.preprocessed / source.name / "splits_final.json").read_text())
     candidates = sorted(set(splits[0]["train"]) - labelled)[: args.unlabelled]
