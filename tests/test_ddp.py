@@ -94,3 +94,78 @@ def test_two_ranks_match_the_single_process_full_batch(kind):
         assert results[rank].keys() == reference.keys()
         for name, grad in reference.items():
             torch.testing.assert_close(torch.from_numpy(results[rank][name]), grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+class _MeanTeacherOnly:
+    """The trainer attributes MeanTeacherMixin reads, around a DDP-wrapped network (no nnU-Net trainer needed)."""
+
+    OPTIONS = {
+        "ssl": "mean_teacher",
+        "consistency_noise": 0.1,
+        "consistency_weight": 1.0,
+        "consistency_rampup_epochs": 0,
+        "ema_decay": 0.9,
+    }
+
+    def __init__(self, network: nn.Module) -> None:
+        self.network = network
+        self.loss = _loss
+        self.current_epoch = 0
+
+    def fm_option(self, name):
+        return self.OPTIONS[name]
+
+    def fm_autocast(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def scale_loss(self, loss):
+        return loss
+
+
+def _mean_teacher_rank(rank: int, port: int, queue) -> None:
+    from nnunet_fm.hooks.mean_teacher import MeanTeacherMixin
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(rank)  # different initial weights: DDP broadcasts rank 0's, the teacher must copy those
+        model = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.SiLU(), nn.Conv3d(4, 3, 1))
+        trainer = type("Trainer", (MeanTeacherMixin, _MeanTeacherOnly), {})(nn.parallel.DistributedDataParallel(model))
+        trainer._fm_teacher = {n: p.detach().clone() for n, p in trainer._fm_trainable().items()}
+        trainer._fm_ema_step = 0
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        torch.manual_seed(100 + rank)  # each rank draws its own consistency noise, as in training
+        x, y = _batch()
+        half = slice(2 * rank, 2 * rank + 2)
+        for _ in range(3):
+            optimizer.zero_grad()
+            trainer.forward_backward(x[half], y[half])
+            optimizer.step()
+            trainer.fm_ema_update()
+        teacher = {n: t.numpy() for n, t in trainer._fm_teacher.items()}
+        queue.put((rank, teacher, {n: p.detach().numpy() for n, p in model.named_parameters()}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_mean_teacher_keeps_one_teacher_across_ranks():
+    """Students stay equal through DDP's all-reduce and every rank's EMA teacher is the same, though ranks see
+    different patches and noise."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_mean_teacher_rank, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = {rank: (teacher, student) for rank, teacher, student in (queue.get(timeout=300) for _ in procs)}
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    (teacher0, student0), (teacher1, student1) = results[0], results[1]
+    assert teacher0.keys() == student0.keys() and teacher0
+    for name in teacher0:
+        torch.testing.assert_close(torch.from_numpy(student1[name]), torch.from_numpy(student0[name]))
+        torch.testing.assert_close(torch.from_numpy(teacher1[name]), torch.from_numpy(teacher0[name]))
+        assert not torch.allclose(torch.from_numpy(teacher0[name]), torch.from_numpy(student0[name]))  # EMA lags
