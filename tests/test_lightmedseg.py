@@ -160,6 +160,11 @@ def test_bad_spatial_shape_raises_clear_error(shape: tuple[int, ...]) -> None:
         model(torch.zeros(1, 1, *shape))
 
 
+def test_stage_lists_need_four_entries() -> None:
+    with pytest.raises(ValueError, match="4 values"):
+        LightMedSeg(1, 2, fuse_kernels=[1, 3, 3])
+
+
 def test_wrong_channel_count_raises() -> None:
     with pytest.raises(ValueError, match="expects"):
         LightMedSeg(2, 2)(torch.zeros(1, 3, *SMALL))
