@@ -374,7 +374,7 @@ class LightMedSeg(nn.Module):
         encoder_channels = [int(c) for c in encoder_channels]
         decoder_channels = [int(c) for c in decoder_channels]
         if len(encoder_channels) != 4 or len(decoder_channels) != 4 or len(fuse_kernels) != 4:
-            raise ValueError("encoder_channels, decoder_channels and fuse_kernels must each list 4 values (one per stage)")
+            raise ValueError("encoder_channels, decoder_channels and fuse_kernels must each list 4 values")
         if use_anchors and num_anchors < 1:
             raise ValueError(f"num_anchors must be >= 1 when use_anchors is True, got {num_anchors}")
         self.input_channels = input_channels
