@@ -59,6 +59,8 @@ Choices where the paper is silent or contradicts itself (each is a constructor a
   defines it for the stem; ``ghost=False`` replaces it by a dense conv + GN4.
 * Activations: SiLU after the encoder FiLM (the FiLM paper modulates pre-activation features) and after
   the decoder fuse; no other GN / SiLU / residual connections around the stages (the paper names none).
+  ``stage_residual=True`` adds the previous network's ``x + SE(SiLU(GN(y)))`` around each encoder routing and
+  decoder mixing step (a deviation, off by default; see ``StageResidual``).
 * LSPM gating head width 46 (11,689 parameters; GroupNorm with 2 groups since 46 is not a multiple of 4).
 * SE bottleneck ``max(4, C // 4)``; GN with ``gcd(C, 4)`` groups; anchor offsets use voxel centres
   ``(i + 0.5) / n``; without the LSPM the encoder routing is a fixed 0.5 / 0.5 blend.
@@ -236,6 +238,22 @@ class AnchorPositionBias(nn.Module):
         return bias
 
 
+class StageResidual(nn.Module):
+    """Optional layers the paper does not name (``stage_residual=True``): ``x + SE(SiLU(GN(y)))`` instead of ``SE(y)``.
+
+    The previous network had them around every encoder routing and decoder mixing step and reached a higher demo
+    Dice at a short CPU budget (BENCHMARKS.md; whether these layers are the reason is not measured yet). Off by
+    default: the paper's wiring.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = group_norm4(channels)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, se: nn.Module) -> torch.Tensor:
+        return x + se(F.silu(self.norm(y)))
+
+
 class EncoderStage(nn.Module):
     """Encoder stage (paper §3.4): GhostConv3D -> anchor FiLM -> SiLU -> texture-gated two-path routing -> SE.
 
@@ -250,9 +268,11 @@ class EncoderStage(nn.Module):
         num_anchors: int | None,
         ghost: bool = True,
         se_reduction: int = 4,
+        stage_residual: bool = False,
     ) -> None:
         super().__init__()
         self.proj = make_conv(in_channels, out_channels, 3, 1, ghost)
+        self.residual = StageResidual(out_channels) if stage_residual else None
         self.film = AnchorFiLM(num_anchors, out_channels) if num_anchors else None
         self.detail = nn.Conv3d(out_channels, out_channels, 3, 1, 1, groups=out_channels)
         self.smooth = nn.Conv3d(out_channels, out_channels, 1)
@@ -266,7 +286,8 @@ class EncoderStage(nn.Module):
             x = self.film(x, anchors)
         x = F.silu(x)
         g = 0.5 if tau is None else resample(tau, x.shape[2:])
-        return self.se(g * self.detail(x) + (1 - g) * self.smooth(x))
+        routed = g * self.detail(x) + (1 - g) * self.smooth(x)
+        return self.se(routed) if self.residual is None else self.residual(x, routed, self.se)
 
 
 class SkipRouter(nn.Module):
@@ -309,8 +330,10 @@ class DecoderStage(nn.Module):
         se_reduction: int = 4,
         fuse_kernel: int = 3,
         upsample: bool = True,
+        stage_residual: bool = False,
     ) -> None:
         super().__init__()
+        self.residual = StageResidual(out_channels) if stage_residual else None
         stride = 2 if upsample else 1
         self.up = nn.ConvTranspose3d(in_channels, out_channels, stride, stride)
         self.pos_bias = AnchorPositionBias(num_anchors, out_channels) if num_anchors else None
@@ -328,7 +351,8 @@ class DecoderStage(nn.Module):
             x = x + self.pos_bias(anchors, x.shape[2:])
         f = self.fuse_se(F.silu(self.fuse(torch.cat([x, skip], dim=1))))
         w = torch.softmax(self.branch_gate(f), dim=1)
-        return self.se(w[:, 0:1] * self.depthwise(f) + w[:, 1:2] * self.ghost(f) + w[:, 2:3] * self.pointwise(f))
+        mixed = w[:, 0:1] * self.depthwise(f) + w[:, 1:2] * self.ghost(f) + w[:, 2:3] * self.pointwise(f)
+        return self.se(mixed) if self.residual is None else self.residual(f, mixed, self.se)
 
 
 class LightMedSeg(nn.Module):
@@ -363,6 +387,7 @@ class LightMedSeg(nn.Module):
         lspm_hidden: int = 46,
         se_reduction: int = 4,
         fuse_kernels: Sequence[int] = (1, 3, 3, 3),
+        stage_residual: bool = False,
         deep_supervision: bool = False,
     ) -> None:
         super().__init__()
@@ -388,14 +413,16 @@ class LightMedSeg(nn.Module):
         self.lspm = LocalStructuralPrior(stem_channels, lspm_hidden) if use_lspm else None
 
         ins = [stem_channels, *encoder_channels[:-1]]
-        self.encoder = nn.ModuleList(EncoderStage(i, o, k, ghost, se_reduction) for i, o in zip(ins, encoder_channels))
+        self.encoder = nn.ModuleList(
+            EncoderStage(i, o, k, ghost, se_reduction, stage_residual) for i, o in zip(ins, encoder_channels)
+        )
         self.pool = nn.MaxPool3d(2)
 
         # decoder stage j (0-based) upsamples to the grid of encoder stage 2 - j (j < 3), the input grid (j = 3)
         self.bottleneck = nn.Conv3d(encoder_channels[-1], encoder_channels[-1], 1)
         dec_ins = [encoder_channels[-1], *decoder_channels[:-1]]
         self.decoder = nn.ModuleList(
-            DecoderStage(i, o, k, ghost, se_reduction, int(f), upsample=j > 0)
+            DecoderStage(i, o, k, ghost, se_reduction, int(f), upsample=j > 0, stage_residual=stage_residual)
             for j, (i, o, f) in enumerate(zip(dec_ins, decoder_channels, fuse_kernels))
         )
         self.router = SkipRouter(encoder_channels, router_channels) if use_skip_router else None

@@ -23,6 +23,7 @@ from nnunet_fm.architectures.lightmedseg import (
 from nnunet_fm.tools.lightmedseg_budget import figures_table, module_table, paper_figures
 
 SMALL = (16, 32, 48)
+RESIDUAL = {"stage_residual": True}
 
 
 def n_params(model: nn.Module) -> int:
@@ -160,6 +161,15 @@ def test_bad_spatial_shape_raises_clear_error(shape: tuple[int, ...]) -> None:
         model(torch.zeros(1, 1, *shape))
 
 
+def test_stage_residual_is_an_opt_in_extra() -> None:
+    """The previous network's GN + SiLU + residual per stage: off by default, one GroupNorm per stage when on."""
+    plain, extra = build(), build(**RESIDUAL)
+    assert n_params(extra) - n_params(plain) == 2 * sum([8, 16, 32, 64] + [88, 44, 22, 8])  # GN affine only
+    x = torch.randn(1, 4, *SMALL)
+    torch.manual_seed(0)
+    assert extra(x).shape == plain(x).shape == (1, 4, *SMALL)
+
+
 def test_stage_lists_need_four_entries() -> None:
     with pytest.raises(ValueError, match="4 values"):
         LightMedSeg(1, 2, fuse_kernels=[1, 3, 3])
@@ -190,8 +200,8 @@ def test_forward_backward_shapes(in_ch: int, classes: int, batch: int) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"ghost": False}, {"use_lspm": False}, {"use_anchors": False}, {"use_skip_router": False}],
-    ids=["default", "dense", "no_lspm", "no_anchors", "no_router"],
+    [{}, {"ghost": False}, {"use_lspm": False}, {"use_anchors": False}, {"use_skip_router": False}, RESIDUAL],
+    ids=["default", "dense", "no_lspm", "no_anchors", "no_router", "stage_residual"],
 )
 def test_every_parameter_gets_a_gradient(kwargs: dict) -> None:
     torch.manual_seed(0)
