@@ -1,0 +1,43 @@
+"""The semi-supervised comparison's summary (``nnunet_fm.tools.ssl_report``) on hand-made records."""
+
+import pytest
+
+from nnunet_fm.tools.ssl_report import METHODS, summarise, to_markdown
+
+
+def _record(method: str, shots: int, seed: int, artery: float, vein: float) -> dict:
+    return {
+        "method": method,
+        "shots": shots,
+        "seed": seed,
+        "mean_dice": (artery + vein) / 2,
+        "per_class_dice": {"1": artery, "2": vein},
+    }
+
+
+def test_summary_is_mean_and_population_std_over_seeds_per_k_and_method():
+    records = [
+        _record("Mean Teacher", 3, 0, 0.8, 0.6),
+        _record("Mean Teacher", 3, 1, 0.6, 0.4),
+        _record("labelled only", 3, 0, 0.5, 0.1),
+        _record("labelled only", 1, 0, 0.2, 0.0),
+    ]
+    rows = summarise(records)
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("labelled only", "1", "1"),
+        ("labelled only", "3", "1"),
+        ("Mean Teacher", "3", "2"),
+    ]  # K first, then the methods in METHODS order
+    mean_teacher = rows[2]
+    assert mean_teacher[3] == "0.6000 ± 0.1000"  # mean Dice (0.7, 0.5)
+    assert mean_teacher[4] == "0.7000 ± 0.1000" and mean_teacher[5] == "0.5000 ± 0.1000"
+    assert METHODS.index("labelled only") < METHODS.index("Mean Teacher")
+    table = to_markdown(records)
+    assert table.splitlines()[0] == "| method | K | seeds | mean Dice | artery | vein |"
+    assert len(table.splitlines()) == 2 + len(rows)
+
+
+@pytest.mark.parametrize("missing", METHODS)
+def test_methods_without_runs_are_left_out(missing):
+    records = [_record(m, 3, 0, 0.5, 0.5) for m in METHODS if m != missing]
+    assert missing not in [r[0] for r in summarise(records)]
