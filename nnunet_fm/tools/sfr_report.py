@@ -75,6 +75,12 @@ def pseudo_label_dice(pseudo_dataset: Path, source_dataset: Path) -> dict:
     }
 
 
+def copy_test_set(source: Path, dataset: Path) -> None:
+    """Give a derived dataset the source's test images and labels (so it is evaluated on the same cases)."""
+    for sub in ("imagesTs", "labelsTs"):
+        shutil.copytree(source / sub, dataset / sub, dirs_exist_ok=True)
+
+
 def pseudolabel_into(
     ws: Workspace,
     model: Path,
@@ -131,8 +137,7 @@ def run(
         if image.name[: -len("_0000.nii.gz")] not in few_shot:
             shutil.copy(image, pool / image.name)
     pseudo = pseudolabel_into(ws, model, pool, keep_fraction, voxel_threshold, device)
-    for sub in ("imagesTs", "labelsTs"):
-        shutil.copytree(source / sub, pseudo / sub, dirs_exist_ok=True)
+    copy_test_set(source, pseudo)
     kept = sum(c["kept"] for c in json.loads((pseudo / MANIFEST_NAME).read_text())["pseudo_cases"])
     plan_like_source(ws, SOURCE_ID, PSEUDO_ID)
     all_cases = [*schedule[:3], "few_shot_k=null"]

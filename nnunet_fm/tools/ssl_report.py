@@ -31,7 +31,7 @@ from nnunet_fm.demo import FLAGSHIP, prepare_dataset
 from nnunet_fm.file_names import FEWSHOT_RECORD_NAME
 from nnunet_fm.pipeline import Workspace, plan_like_source
 from nnunet_fm.tools.report import markdown_table
-from nnunet_fm.tools.sfr_report import pseudolabel_into, train_config
+from nnunet_fm.tools.sfr_report import copy_test_set, pseudolabel_into, train_config
 from nnunet_fm.unlabelled import add_unlabelled
 
 SOURCE_ID = 905
@@ -66,11 +66,6 @@ def _labelled_only_dataset(ws: Workspace, source: Path, keep: set[str], out_id: 
     return target
 
 
-def _with_test_set(dataset: Path, source: Path) -> None:
-    for sub in ("imagesTs", "labelsTs"):
-        shutil.copytree(source / sub, dataset / sub, dirs_exist_ok=True)
-
-
 def run_seed(ws: Workspace, source: Path, shots: int, seed: int, args: argparse.Namespace) -> list[dict]:
     """Teacher + the four students for one (K, seed); returns one record per method."""
     tag = f"k{shots}_s{seed}"
@@ -98,7 +93,7 @@ def run_seed(ws: Workspace, source: Path, shots: int, seed: int, args: argparse.
     plain = _labelled_only_dataset(ws, source, labelled, ids["Mean Teacher"], f"SSLUnlabelled{tag}")
     add_unlabelled(plain, pool)
     for dataset, dataset_id in zip((pseudo, plain, mixed), ids.values()):
-        _with_test_set(dataset, source)
+        copy_test_set(source, dataset)
         plan_like_source(ws, SOURCE_ID, dataset_id)
 
     student, schedule = args.student, _schedule(args.epochs, args.iterations)
