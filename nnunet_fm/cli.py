@@ -68,6 +68,7 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
         args.test,
         DemoSpec(shape=tuple(args.shape), spacing=tuple(args.spacing)),
         args.seed,
+        args.unlabelled,
     )
     print(f"Wrote {folder}")
     return 0
@@ -242,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo_data.add_argument("--name", default="FMDemoVessels")
     demo_data.add_argument("--train", type=int, default=8)
     demo_data.add_argument("--test", type=int, default=4)
+    demo_data.add_argument(
+        "--unlabelled",
+        type=int,
+        default=0,
+        help="extra training cases whose labels are hidden (all-ignore labels; true ones in labelsHidden/)",
+    )
     demo_data.add_argument("--shape", type=int, nargs=3, default=[32, 64, 64], metavar=("D", "H", "W"))
     demo_data.add_argument("--spacing", type=float, nargs=3, default=[1.5, 0.7, 0.7], metavar=("SZ", "SY", "SX"))
     demo_data.add_argument("--seed", type=int, default=0)

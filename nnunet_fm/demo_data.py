@@ -5,10 +5,16 @@ radius, curvature and branching, rasterised with partial-volume occupancy at ani
 turned into a CT-like image: contrast-filled vessels on soft tissue, a smooth multiplicative bias field,
 partial-volume blur and Gaussian noise. Everything is drawn from ``numpy.random.default_rng((seed, case))``,
 so a seed reproduces the dataset exactly.
+
+``num_unlabelled`` hides the labels of that many extra training cases: their images enter ``imagesTr`` as
+unlabelled cases (all-``ignore`` label maps, through :func:`nnunet_fm.unlabelled.add_unlabelled`, exactly as a
+user's own unlabelled scans would) and their true labels go to ``labelsHidden/``, which nnU-Net never reads, so
+pseudo-labels and semi-supervised models can be scored against them.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +23,7 @@ import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter, zoom
 
 from nnunet_fm.atomic_io import atomic_write_json
+from nnunet_fm.file_names import HIDDEN_LABELS_DIR
 
 LABELS = {"background": 0, "artery": 1, "vein": 2}
 VESSEL_HU = {1: 380.0, 2: 260.0}
@@ -117,15 +124,23 @@ def write_demo_dataset(
     num_test: int = 4,
     spec: DemoSpec | None = None,
     seed: int = 0,
+    num_unlabelled: int = 0,
 ) -> Path:
-    """Write ``Dataset{id:03d}_{name}`` with imagesTr/labelsTr/imagesTs/labelsTs and dataset.json."""
+    """Write ``Dataset{id:03d}_{name}`` with imagesTr/labelsTr/imagesTs/labelsTs and dataset.json.
+
+    Cases are numbered training, then unlabelled (``num_unlabelled``, labels in ``labelsHidden/``), then test.
+    """
     from nnunet_fm.errors import UserInputError
+    from nnunet_fm.unlabelled import add_unlabelled
 
     spec = spec or DemoSpec()
     if not 1 <= int(dataset_id) <= 999:
         raise UserInputError(f"--id {dataset_id} is not a valid nnU-Net dataset id; use 1..999 (e.g. 501).")
-    if num_train < 1 or num_test < 0:
-        raise UserInputError(f"--train {num_train} / --test {num_test}: need at least 1 training case, 0+ test cases.")
+    if num_train < 1 or num_test < 0 or num_unlabelled < 0:
+        raise UserInputError(
+            f"--train {num_train} / --test {num_test} / --unlabelled {num_unlabelled}: need at least 1 training "
+            "case, 0+ test and 0+ unlabelled cases."
+        )
     if len(spec.shape) != 3 or min(spec.shape) < 8:
         raise UserInputError(f"--shape {list(spec.shape)}: every axis needs at least 8 voxels (default 32 64 64).")
     if len(spec.spacing) != 3 or min(spec.spacing) <= 0:
@@ -139,14 +154,22 @@ def write_demo_dataset(
         )
     if folder.exists() and any(folder.iterdir()):
         raise UserInputError(f"{folder} already exists and is not empty; choose another --id/--name or remove it.")
-    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+    subfolders = ("imagesTr", "labelsTr", "imagesTs", "labelsTs") + ((HIDDEN_LABELS_DIR,) if num_unlabelled else ())
+    for sub in subfolders:
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    for index in range(num_train + num_test):
+    staging = folder / ".unlabelled_images"
+    for index in range(num_train + num_unlabelled + num_test):
         image, labels = make_case(seed, index, spec)
-        split = "Tr" if index < num_train else "Ts"
         case = f"vessel_{index:03d}"
-        _write_nifti(image, spec.spacing, folder / f"images{split}" / f"{case}_0000.nii.gz")
-        _write_nifti(labels, spec.spacing, folder / f"labels{split}" / f"{case}.nii.gz")
+        if index < num_train:
+            images, labels_dir = folder / "imagesTr", folder / "labelsTr"
+        elif index < num_train + num_unlabelled:
+            images, labels_dir = staging, folder / HIDDEN_LABELS_DIR
+            staging.mkdir(exist_ok=True)
+        else:
+            images, labels_dir = folder / "imagesTs", folder / "labelsTs"
+        _write_nifti(image, spec.spacing, images / f"{case}_0000.nii.gz")
+        _write_nifti(labels, spec.spacing, labels_dir / f"{case}.nii.gz")
     atomic_write_json(
         folder / "dataset.json",
         {
@@ -158,4 +181,7 @@ def write_demo_dataset(
             "description": f"nnunet-fm synthetic vessel trees, seed {seed}, shape {list(spec.shape)}",
         },
     )
+    if num_unlabelled:
+        add_unlabelled(folder, staging)
+        shutil.rmtree(staging)
     return folder

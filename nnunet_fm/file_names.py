@@ -4,3 +4,5 @@
 FEWSHOT_RECORD_NAME = "fewshot_cases.json"
 #: origin of every case of a pseudo-labelled raw dataset (``pseudolabel.py``)
 MANIFEST_NAME = "pseudolabel_manifest.json"
+#: true labels of the demo's unlabelled training cases, kept out of nnU-Net's sight (``demo_data.py``)
+HIDDEN_LABELS_DIR = "labelsHidden"

@@ -40,6 +40,30 @@ def test_written_dataset_is_valid_and_anisotropic(tmp_path):
         _dataset(tmp_path)
 
 
+def test_unlabelled_cases_hide_their_labels_behind_ignore(tmp_path):
+    folder = write_demo_dataset(tmp_path, 8, num_train=2, num_test=1, spec=SPEC, seed=1, num_unlabelled=2)
+    assert check_raw_dataset(folder) == ["vessel_000", "vessel_001", "vessel_002", "vessel_003"]
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta["labels"]["ignore"] == 3 and meta["numTraining"] == 4
+    record = json.loads((folder / "fm_cases.json").read_text())
+    assert record == {"labelled": ["vessel_000", "vessel_001"], "unlabelled": ["vessel_002", "vessel_003"]}
+    for index in (2, 3):
+        shown = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labelsTr" / f"vessel_{index:03d}.nii.gz")))
+        hidden = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labelsHidden" / f"vessel_{index:03d}.nii.gz")))
+        assert (shown == 3).all()
+        np.testing.assert_array_equal(hidden, make_case(1, index, SPEC)[1])  # the truth, kept for scoring
+    # the labelled and test cases are the ones of the same seed without hidden labels, test case after them
+    plain = write_demo_dataset(tmp_path / "plain", 8, num_train=2, num_test=1, spec=SPEC, seed=1)
+    for case in ("vessel_000", "vessel_001"):
+        assert (folder / "labelsTr" / f"{case}.nii.gz").read_bytes() == (
+            plain / "labelsTr" / f"{case}.nii.gz"
+        ).read_bytes()
+    assert sorted(p.name for p in (folder / "labelsTs").iterdir()) == ["vessel_004.nii.gz"]
+    assert not (folder / ".unlabelled_images").exists()
+    with pytest.raises(UserInputError, match="--unlabelled -1"):
+        write_demo_dataset(tmp_path / "bad", 9, num_train=2, spec=SPEC, num_unlabelled=-1)
+
+
 def _corrupt_and_check(folder, message):
     snapshot = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     with pytest.raises(UserInputError, match=message):
