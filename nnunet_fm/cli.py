@@ -112,6 +112,17 @@ def _model_folder(args: argparse.Namespace) -> str:
     return get_output_folder(dataset_name(args.dataset), args.trainer, args.plans, args.configuration)
 
 
+def _cmd_predict_with(args: argparse.Namespace) -> int:
+    from nnunet_fm.hooks.mean_teacher import switch_model_weights
+
+    changed = switch_model_weights(_model_folder(args), args.fold, args.use)
+    for file in changed:
+        print(f"{file}: network_weights are now the {args.use}'s")
+    if not changed:
+        print(f"Every checkpoint already holds the {args.use}'s weights; nothing changed.")
+    return 0
+
+
 def _cmd_pseudolabel(args: argparse.Namespace) -> int:
     from nnunet_fm.pseudolabel import next_steps, pseudolabel
 
@@ -280,6 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="add the cases that are not kept as unlabelled cases (all-ignore labels) for ssl=mean_teacher",
     )
     pseudo.set_defaults(func=_cmd_pseudolabel)
+
+    use = sub.add_parser("predict-with", help="Mean Teacher model: make nnUNetv2_predict use the teacher or student")
+    use.add_argument("use", choices=("teacher", "student"))
+    use.add_argument("-m", "--model", help="trained model folder (TRAINER__PLANS__CONFIGURATION)")
+    use.add_argument("-d", "--dataset")
+    use.add_argument("-c", "--configuration")
+    use.add_argument("-tr", "--trainer", default="nnUNetTrainerFMUNet")
+    use.add_argument("-p", "--plans", default="nnUNetPlans")
+    use.add_argument("-f", "--fold", nargs="+", default=["0"])
+    use.set_defaults(func=_cmd_predict_with)
 
     unlabelled = sub.add_parser("add-unlabelled", help="add unlabelled images (all-ignore labels) to a raw dataset")
     unlabelled.add_argument("-d", "--dataset", required=True, help="dataset id or name")

@@ -198,7 +198,6 @@ def train_predict_evaluate(
     resume: bool = False,
 ) -> dict:
     """Stock commands: train (--npz; --c when ``resume``), predict the test images, evaluate against labelsTs."""
-    folder = ws.dataset_folder(dataset_id)
     ws.run(
         "nnUNetv2_train",
         str(dataset_id),
@@ -212,12 +211,26 @@ def train_predict_evaluate(
         *(("--c",) if resume else ()),
         extra_env={"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0")},
     )
-    prediction = ws.root / "predictions" / f"{trainer}__{configuration}__fold{fold}"
+    return predict_evaluate(ws, dataset_id, configuration, trainer, fold, device, predict_args)
+
+
+def predict_evaluate(
+    ws: Workspace,
+    dataset_id: int,
+    configuration: str,
+    trainer: str,
+    fold: int | str = 0,
+    device: str = "cpu",
+    predict_args: tuple[str, ...] = (),
+    suffix: str = "",
+) -> dict:
+    """Stock ``nnUNetv2_predict`` of imagesTs and ``nnUNetv2_evaluate_folder`` against labelsTs; Dice scores."""
+    prediction = ws.root / "predictions" / f"{trainer}__{configuration}__fold{fold}{suffix}"
     predict(ws, dataset_id, configuration, trainer, fold, prediction, device, predict_args)
     model = ws.model_folder(dataset_id, trainer, configuration)
     ws.run(
         "nnUNetv2_evaluate_folder",
-        str(folder / "labelsTs"),
+        str(ws.dataset_folder(dataset_id) / "labelsTs"),
         str(prediction),
         "-djfile",
         str(model / "dataset.json"),

@@ -18,6 +18,9 @@ from nnunet_fm.hooks.mean_teacher import (
     consistency_loss,
     ema_alpha,
     rampup_weight,
+    switch_checkpoint_weights,
+    switch_model_weights,
+    teacher_view,
     weighted_identifiers,
 )
 from nnunet_fm.hooks.slice_mask import SliceMaskedLoss
@@ -55,6 +58,7 @@ class _Trainer(MeanTeacherMixin, _Base):
         self.loss = SliceMaskedLoss.dice_ce(None, IGNORE, 0.0, 0.0)
         self.optimizer = torch.optim.SGD(self.network.parameters(), lr=0.1)
         self.current_epoch = 0
+        self.num_epochs = 10
         self._fm_teacher = {n: p.detach().clone() for n, p in self.network.named_parameters()}
         self._fm_ema_step = 0
 
@@ -111,9 +115,26 @@ def test_all_ignore_cases_train_only_through_consistency():
     assert loss.item() > 0 and any(p.grad.abs().max() > 0 for p in trainer.network.parameters())
 
 
+def test_teacher_view_adds_clipped_noise_and_the_student_sees_the_clean_patch():
+    data = torch.zeros(2, 1, 16, 32, 32)
+    noisy = teacher_view(data, 0.1)
+    assert noisy.abs().max().item() == pytest.approx(0.2)  # clipped at 2 std, and some draws reach the clip
+    assert 0.08 < noisy.std().item() < 0.1
+    assert teacher_view(data, 0.0) is data
+    trainer = _Trainer(consistency_noise=0.1)
+    seen = []
+    trainer.network.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    batch = _batch()
+    trainer.forward_backward(batch["data"], batch["target"])
+    assert torch.equal(seen[0], batch["data"]) and not torch.equal(seen[1], batch["data"])
+
+
 def test_rampup_and_batch_composition():
     assert rampup_weight(0, 2.0, 10) == pytest.approx(2.0 * math.exp(-5))
     assert rampup_weight(10, 2.0, 10) == 2.0 and rampup_weight(3, 2.0, 0) == 2.0
+    trainer = _Trainer(consistency_rampup_epochs=None)  # null: the ramp spans the whole run (num_epochs = 10)
+    trainer.current_epoch = 5
+    assert trainer.fm_consistency_weight() == pytest.approx(2.0 * math.exp(-5 * 0.5**2))
     labelled, unlabelled = [f"l{i}" for i in range(3)], [f"u{i}" for i in range(7)]
     for fraction in (0.25, 0.5, 0.8):
         identifiers = weighted_identifiers(labelled, unlabelled, fraction)
@@ -208,6 +229,28 @@ def test_checkpoint_round_trip_restores_student_and_teacher(nnunet_env, tmp_path
         for n, p in trainer._fm_trainable().items():
             assert torch.equal(p.detach(), student[n]) and torch.equal(trainer._fm_teacher[n], teacher[n])
         assert trainer._fm_ema_step == 2
+        # nnunet-fm predict-with student / teacher: swaps the sets in place, nothing lost
+        original = path.read_bytes()
+        fold = tmp_path / "model" / "fold_0"
+        fold.mkdir(parents=True)
+        (fold / "checkpoint_final.pth").write_bytes(original)
+        assert switch_model_weights(tmp_path / "model", ["0"], "student") == [fold / "checkpoint_final.pth"]
+        swapped = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+        for n, t in student.items():
+            assert torch.equal(swapped["network_weights"][n], t)
+            assert torch.equal(swapped[CHECKPOINT_KEY]["other_trainable"][n], teacher[n])
+        assert not switch_checkpoint_weights(fold / "checkpoint_final.pth", "student")  # already the student's
+        assert switch_checkpoint_weights(fold / "checkpoint_final.pth", "teacher")
+        back = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+        for n, t in saved["network_weights"].items():
+            assert torch.equal(back["network_weights"][n], t)
+        plain = tmp_path / "plain" / "fold_0"
+        plain.mkdir(parents=True)
+        torch.save({"network_weights": {}}, plain / "checkpoint_final.pth")
+        with pytest.raises(UserInputError, match="not trained with ssl=mean_teacher"):
+            switch_model_weights(tmp_path / "plain", ["0"], "student")
+        with pytest.raises(UserInputError, match="No checkpoint in"):
+            switch_model_weights(tmp_path / "model", ["3"], "student")
     finally:
         trainer.dataloader_train = trainer.dataloader_val = None
 

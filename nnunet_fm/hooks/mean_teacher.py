@@ -1,24 +1,36 @@
 """Mean Teacher (Tarvainen & Valpola 2017) as a trainer hook: the semi-supervised re-training stage of SFR.
 
-With ``ssl: mean_teacher`` every training patch, labelled or not, gets a consistency loss between the
-student's softmax and an EMA teacher's softmax on a differently noised copy of the patch, weighted by the
-sigmoid ramp-up ``consistency_weight * exp(-5 (1 - t)^2)``, ``t = epoch / consistency_rampup_epochs``. Unlabelled
-cases are ordinary nnU-Net cases whose label map is all ``ignore`` (``nnunet-fm add-unlabelled``), so the
-supervised loss skips them and the data pipeline stays stock; ``unlabelled_fraction`` sets their expected share
-of each batch (nnU-Net's loader draws case identifiers uniformly, so identifiers are repeated in proportion).
+With ``ssl: mean_teacher`` every training patch, labelled or not, gets a consistency loss (mean squared
+difference of the softmax maps) between the student on the patch and an EMA teacher on a noised copy of it,
+weighted by the sigmoid ramp-up ``consistency_weight * exp(-5 (1 - t)^2)``, ``t = epoch / consistency_rampup_epochs``.
+Unlabelled cases are ordinary nnU-Net cases whose label map is all ``ignore`` (``nnunet-fm add-unlabelled``), so
+the supervised loss skips them and the data pipeline stays stock; ``unlabelled_fraction`` sets their expected
+share of each batch (nnU-Net's loader draws case identifiers uniformly, so identifiers are repeated in proportion).
+
+Defaults follow the 3D Mean Teacher of SSL4MIS (``HiLab-git/SSL4MIS`` at 06df604,
+``code/train_mean_teacher_3D.py``): EMA decay 0.99 with the true average over the first steps (l. 56, 74),
+consistency weight 0.1 (l. 59) ramped up over the whole run (l. 61-62 and 155: 200 "epochs" of 150 iterations
+= the 30,000 of ``max_iterations``, l. 38), half of each batch unlabelled (``labeled_bs`` 2 of 4, l. 51), the
+student on the clean patch and the teacher on the patch plus Gaussian noise of std 0.1 clipped to +-0.2
+(l. 140-144). Deviations, each an option: the consistency term covers labelled patches too (SSL4MIS: the
+unlabelled half only, l. 157), as the original Mean Teacher does; ``nnUNetv2_predict`` uses the teacher
+(SSL4MIS saves the student, l. 214; ``predict_with: student`` or ``nnunet-fm predict-with student``).
 
 The teacher is a dict of EMA tensors of the *trainable* parameters, swapped into the network for a no-grad
-pass: frozen encoders are shared, never copied. Checkpoints keep nnU-Net's format with the teacher's weights in
-``network_weights`` (what stock ``nnUNetv2_predict`` loads; ``predict_with: student`` swaps the roles) and the
-other set plus the EMA step under ``fm_mean_teacher``; ``--c`` restores student, teacher and ramp. Under DDP
-every rank applies the same EMA to identical (all-reduced) parameters, so the teachers stay identical.
+pass: frozen encoders are shared, never copied. Checkpoints keep nnU-Net's format with the weights prediction
+uses in ``network_weights`` (what stock ``nnUNetv2_predict`` loads) and the other set plus the EMA step under
+``fm_mean_teacher``; ``--c`` restores student, teacher and ramp. Under DDP every rank applies the same EMA to
+identical (all-reduced) parameters, so the teachers stay identical.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,6 +60,13 @@ def consistency_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor)
     return F.mse_loss(student_logits.float().softmax(1), teacher_logits.detach().float().softmax(1))
 
 
+def teacher_view(data: torch.Tensor, std: float) -> torch.Tensor:
+    """The teacher's input: ``data`` plus Gaussian noise of std ``std`` clipped to +-2 std (SSL4MIS l. 140-142)."""
+    if std <= 0:
+        return data
+    return data + (std * torch.randn_like(data)).clamp(-2 * std, 2 * std)
+
+
 def weighted_identifiers(labelled: list[str], unlabelled: list[str], fraction: float) -> list[str]:
     """Identifiers repeated so that uniform draws pick an unlabelled case with probability ``fraction``."""
     if not unlabelled or fraction <= 0:
@@ -66,8 +85,15 @@ class MeanTeacherMixin:
     fm_options = (
         Option("ssl", None, "Semi-supervised method: null or 'mean_teacher'.", choices=(None, "mean_teacher")),
         Option("ema_decay", 0.99, "Mean Teacher: EMA decay of the teacher.", "float", minimum=0.0, maximum=1.0),
-        Option("consistency_weight", 1.0, "Mean Teacher: weight of the consistency loss.", "float", minimum=0.0),
-        Option("consistency_rampup_epochs", 40, "Mean Teacher: epochs of the sigmoid ramp-up.", "int", minimum=0),
+        Option("consistency_weight", 0.1, "Mean Teacher: weight of the consistency loss.", "float", minimum=0.0),
+        Option(
+            "consistency_rampup_epochs",
+            None,
+            "Mean Teacher: epochs of the sigmoid ramp-up (null: the whole run, num_epochs).",
+            "int",
+            nullable=True,
+            minimum=0,
+        ),
         Option(
             "unlabelled_fraction",
             0.5,
@@ -76,7 +102,13 @@ class MeanTeacherMixin:
             minimum=0.0,
             maximum=1.0,
         ),
-        Option("consistency_noise", 0.1, "Mean Teacher: std of the Gaussian input noise of each view.", "float", 0.0),
+        Option(
+            "consistency_noise",
+            0.1,
+            "Mean Teacher: std of the Gaussian noise added to the teacher's input (clipped at 2 std).",
+            "float",
+            minimum=0.0,
+        ),
         Option(
             "predict_with", "teacher", "Mean Teacher: weights nnUNetv2_predict uses.", choices=("teacher", "student")
         ),
@@ -144,21 +176,18 @@ class MeanTeacherMixin:
                 p.data = student[n]
 
     def fm_consistency_weight(self) -> float:
-        return rampup_weight(
-            self.current_epoch,
-            float(self.fm_option("consistency_weight")),
-            int(self.fm_option("consistency_rampup_epochs")),
-        )
+        rampup = self.fm_option("consistency_rampup_epochs")
+        rampup = self.num_epochs if rampup is None else int(rampup)
+        return rampup_weight(self.current_epoch, float(self.fm_option("consistency_weight")), rampup)
 
     def forward_backward(self, data: torch.Tensor, target) -> torch.Tensor:
         if not self.fm_ssl:
             return super().forward_backward(data, target)
-        std = float(self.fm_option("consistency_noise"))
         with self.fm_autocast():
-            student = self.network(data + std * torch.randn_like(data))
+            student = self.network(data)
             supervised = self.loss(student, target)
             with torch.no_grad(), self.fm_teacher_weights():
-                teacher = self.network(data + std * torch.randn_like(data))
+                teacher = self.network(teacher_view(data, float(self.fm_option("consistency_noise"))))
             loss = supervised + self.fm_consistency_weight() * consistency_loss(student, teacher)
         self.scale_loss(loss).backward()
         return loss
@@ -214,3 +243,52 @@ class MeanTeacherMixin:
         else:
             self._fm_teacher = other
         self._fm_ema_step = int(saved["ema_step"])
+
+
+CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
+
+
+def switch_checkpoint_weights(checkpoint_file: str | Path, use: str) -> bool:
+    """Make ``network_weights`` of a Mean Teacher checkpoint hold the ``use`` ('teacher'/'student') weights.
+
+    The other set moves to ``fm_mean_teacher`` (nothing is lost, so switching back restores the file's weights);
+    written atomically. Returns whether the file changed.
+    """
+    if use not in ("teacher", "student"):
+        raise UserInputError(f"use={use!r}: expected 'teacher' or 'student'.")
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    saved = checkpoint.get(CHECKPOINT_KEY)
+    if saved is None:
+        raise UserInputError(
+            f"{checkpoint_file} was not trained with ssl=mean_teacher (no teacher/student pair in it); "
+            "its network_weights are the only weights it has."
+        )
+    if saved["network_weights_are"] == use:
+        return False
+    weights, other = checkpoint["network_weights"], saved["other_trainable"]
+    for name, tensor in other.items():
+        other[name], weights[name] = weights[name], tensor
+    saved["network_weights_are"] = use
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=Path(checkpoint_file).parent)
+    os.close(fd)
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, checkpoint_file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def switch_model_weights(model_folder: str | Path, folds: list[str], use: str) -> list[Path]:
+    """:func:`switch_checkpoint_weights` on every checkpoint of ``folds``; returns the files that changed."""
+    model_folder = Path(model_folder)
+    fold_folders = [model_folder / f"fold_{fold}" for fold in folds]
+    missing = [f for f in fold_folders if not any((f / n).is_file() for n in CHECKPOINT_NAMES)]
+    if missing:
+        raise UserInputError(f"No checkpoint in {missing[0]}; is the model folder/fold right and trained?")
+    files = [f / n for f in fold_folders for n in CHECKPOINT_NAMES if (f / n).is_file()]
+    for file in files:  # check every file before changing any
+        if CHECKPOINT_KEY not in torch.load(file, map_location="cpu", weights_only=False):
+            raise UserInputError(f"{file} was not trained with ssl=mean_teacher; nothing changed.")
+    return [file for file in files if switch_checkpoint_weights(file, use)]

@@ -13,8 +13,13 @@ For every K and seed (the seed picks the K labelled cases, ``few_shot_seed``), o
      labels) with ``ssl=mean_teacher`` (fold all);
    * **Mean Teacher + FFA pseudo-labels** (SFR): the pseudo-labelled dataset with the cases that were not kept
      entering as unlabelled (``pseudolabel --add-unlabelled``) and ``ssl=mean_teacher`` (fold all);
-3. every model evaluated on the demo test set. Writes ``ssl_report.json`` / ``ssl_report.md`` (mean ± std over
-   seeds per K and method) and keeps each finished run in ``runs/`` so an interrupted report continues.
+3. every model evaluated on the demo test set; the Mean Teacher models twice, with the teacher (what
+   ``nnUNetv2_predict`` uses by default) and with the student (``nnunet-fm predict-with student``). Writes
+   ``ssl_report.json`` / ``ssl_report.md`` (mean ± std over seeds per K and method) and keeps each finished run in
+   ``runs/`` so an interrupted report continues.
+
+Mean Teacher runs with the hook's defaults (the SSL4MIS recipe, ``nnunet_fm/hooks/mean_teacher.py``); every
+student gets the same number of optimiser steps.
 """
 
 from __future__ import annotations
@@ -29,22 +34,29 @@ import numpy as np
 from nnunet_fm.atomic_io import atomic_write_json, atomic_write_text
 from nnunet_fm.demo import FLAGSHIP, prepare_dataset
 from nnunet_fm.file_names import FEWSHOT_RECORD_NAME
-from nnunet_fm.pipeline import Workspace, plan_like_source
+from nnunet_fm.pipeline import Workspace, plan_like_source, predict_evaluate
 from nnunet_fm.tools.report import markdown_table
 from nnunet_fm.tools.sfr_report import copy_test_set, pseudolabel_into, train_config
 from nnunet_fm.unlabelled import add_unlabelled
 
 SOURCE_ID = 905
-METHODS = ("labelled only", "self-training", "Mean Teacher", "Mean Teacher + FFA pseudo-labels")
+TRAINED = ("labelled only", "self-training", "Mean Teacher", "Mean Teacher + FFA pseudo-labels")
+STUDENT = " (student)"
+METHODS = (*TRAINED[:3], TRAINED[2] + STUDENT, TRAINED[3], TRAINED[3] + STUDENT)
 
 
 def _schedule(epochs: int, iterations: int) -> list[str]:
     return [f"num_epochs={epochs}", f"num_iterations_per_epoch={iterations}", "num_val_iterations_per_epoch=1"]
 
 
-def _mean_teacher(epochs: int) -> list[str]:
-    """Mean Teacher at a short budget: the consistency weight ramps up over the first half of training."""
-    return ["ssl=mean_teacher", f"consistency_rampup_epochs={max(1, epochs // 2)}"]
+def student_scores(ws: Workspace, dataset_id: int, configuration: str, trainer: str, device: str) -> dict:
+    """Dice of a Mean Teacher model's student (fold all): switch the checkpoint, predict, switch back."""
+    model = str(ws.model_folder(dataset_id, trainer, configuration))
+    ws.run("nnunet-fm", "predict-with", "student", "-m", model, "-f", "all")
+    try:
+        return predict_evaluate(ws, dataset_id, configuration, trainer, "all", device, ("--disable_tta",), "_student")
+    finally:
+        ws.run("nnunet-fm", "predict-with", "teacher", "-m", model, "-f", "all")
 
 
 def _labelled_only_dataset(ws: Workspace, source: Path, keep: set[str], out_id: int, name: str) -> Path:
@@ -101,19 +113,22 @@ def run_seed(ws: Workspace, source: Path, shots: int, seed: int, args: argparse.
     plans = {
         "labelled only": (SOURCE_ID, [*schedule, *pick], 0),
         "self-training": (ids["self-training"], everything, "all"),
-        "Mean Teacher": (ids["Mean Teacher"], [*everything, *_mean_teacher(args.epochs)], "all"),
+        "Mean Teacher": (ids["Mean Teacher"], [*everything, "ssl=mean_teacher"], "all"),
         "Mean Teacher + FFA pseudo-labels": (
             ids["Mean Teacher + FFA pseudo-labels"],
-            [*everything, *_mean_teacher(args.epochs)],
+            [*everything, "ssl=mean_teacher"],
             "all",
         ),
     }
     records = []
-    for method in METHODS:
+    for method in TRAINED:
         dataset_id, settings, fold = plans[method]
         name = f"3d_{method.split()[0].lower()}_{tag}"
         scores = train_config(ws, dataset_id, student, settings, name, args.device, fold=fold)
         records.append({"method": method, "shots": shots, "seed": seed, **scores})
+        if "ssl=mean_teacher" in settings:
+            scores = student_scores(ws, dataset_id, name, student, args.device)
+            records.append({"method": method + STUDENT, "shots": shots, "seed": seed, **scores})
     return records
 
 
