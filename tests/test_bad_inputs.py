@@ -104,6 +104,15 @@ def _pseudolabel(*extra: str) -> Callable:
     return lambda env, tmp: [*base, "-i", str(tmp), *extra]
 
 
+def _plain_model(env, tmp: Path) -> list[str]:
+    """predict-with on a model trained without Mean Teacher (one set of weights)."""
+    import torch
+
+    (tmp / "model" / "fold_0").mkdir(parents=True)
+    torch.save({"network_weights": {}}, tmp / "model" / "fold_0" / "checkpoint_final.pth")
+    return ["predict-with", "student", "-m", str(tmp / "model"), "-f", "0"]
+
+
 FFA = [*PLANS, "--template", "dinov3_ffa"]
 # (id, arguments or a builder of them, text the message must contain: the problem and the fix)
 CATALOGUE = [
@@ -167,6 +176,17 @@ CATALOGUE = [
     ("pseudo-keep-zero", _pseudolabel("--keep-fraction", "0"), ["--keep-fraction must be"]),
     ("pseudo-voxel-threshold", _pseudolabel("--voxel-threshold", "1.5"), ["--voxel-threshold must be in [0, 1)"]),
     ("pseudo-no-model", _pseudolabel(), ["checkpoint_final.pth not found", "train the model"]),
+    (
+        "demo-negative-unlabelled",
+        lambda env, tmp: ["demo-data", "--out", str(tmp), "--id", "800", "--unlabelled", "-1"],
+        ["--unlabelled -1", "0+ unlabelled"],
+    ),
+    ("predict-with-plain-model", _plain_model, ["not trained with ssl=mean_teacher", "already uses"]),
+    (
+        "predict-with-no-checkpoint",
+        lambda env, tmp: ["predict-with", "student", "-m", str(tmp), "-f", "0"],
+        ["No checkpoint in", "-f"],
+    ),
     ("find-best-bad-model", ["find-best", "-d", str(DATASET_ID), "-m", "nnUNetTrainer"], ["TRAINER:CONFIGURATION"]),
 ]
 

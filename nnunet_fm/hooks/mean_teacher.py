@@ -286,9 +286,14 @@ def switch_model_weights(model_folder: str | Path, folds: list[str], use: str) -
     fold_folders = [model_folder / f"fold_{fold}" for fold in folds]
     missing = [f for f in fold_folders if not any((f / n).is_file() for n in CHECKPOINT_NAMES)]
     if missing:
-        raise UserInputError(f"No checkpoint in {missing[0]}; is the model folder/fold right and trained?")
+        raise UserInputError(
+            f"No checkpoint in {missing[0]}; give a trained model folder (-m, or -d -c -tr) and its folds (-f)."
+        )
     files = [f / n for f in fold_folders for n in CHECKPOINT_NAMES if (f / n).is_file()]
     for file in files:  # check every file before changing any
         if CHECKPOINT_KEY not in torch.load(file, map_location="cpu", weights_only=False):
-            raise UserInputError(f"{file} was not trained with ssl=mean_teacher; nothing changed.")
+            raise UserInputError(
+                f"{file} was not trained with ssl=mean_teacher: it holds one set of weights, which nnUNetv2_predict "
+                "already uses; nothing changed."
+            )
     return [file for file in files if switch_checkpoint_weights(file, use)]
