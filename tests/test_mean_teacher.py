@@ -210,6 +210,8 @@ def test_checkpoint_round_trip_restores_student_and_teacher(nnunet_env, tmp_path
     trainer = nnUNetTrainerFMUNet(plans, "3d_mt_ckpt", 0, dataset_json, torch.device("cpu"))
     trainer.on_train_start()
     try:
+        # unlabelled_on_top: half of each batch unlabelled, on top of the plans' labelled batch (SSL4MIS: 2 + 2)
+        assert trainer.batch_size == 2 * trainer.configuration_manager.batch_size
         for _ in range(2):
             trainer.train_step(next(trainer.dataloader_train))
         student = {n: p.detach().clone() for n, p in trainer._fm_trainable().items()}

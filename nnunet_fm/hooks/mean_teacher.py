@@ -10,7 +10,11 @@ share of each batch (nnU-Net's loader draws case identifiers uniformly, so ident
 Defaults follow the 3D Mean Teacher of SSL4MIS (``HiLab-git/SSL4MIS`` at 06df604,
 ``code/train_mean_teacher_3D.py``): EMA decay 0.99 with the true average over the first steps (l. 56, 74),
 consistency weight 0.1 (l. 59) ramped up over the whole run (l. 61-62 and 155: 200 "epochs" of 150 iterations
-= the 30,000 of ``max_iterations``, l. 38), half of each batch unlabelled (``labeled_bs`` 2 of 4, l. 51), the
+= the 30,000 of ``max_iterations``, l. 38), half of each batch unlabelled and added on top of the labelled
+patches (``labeled_bs`` 2 of a batch of 4, l. 51, where the fully supervised script trains with batch 2,
+``code/train_fully_supervised_3D.py`` l. 40: ``unlabelled_on_top`` grows nnU-Net's batch to
+``batch / (1 - unlabelled_fraction)``, so a step sees as many labelled patches as without Mean Teacher; nnU-Net
+draws cases independently, so the split per batch is right on average, not exactly 2 + 2), the
 student on the clean patch and the teacher on the patch plus Gaussian noise of std 0.1 clipped to +-0.2
 (l. 140-144). Deviations, each an option: the consistency term covers labelled patches too (SSL4MIS: the
 unlabelled half only, l. 157), as the original Mean Teacher does; ``nnUNetv2_predict`` uses the teacher
@@ -103,6 +107,13 @@ class MeanTeacherMixin:
             maximum=1.0,
         ),
         Option(
+            "unlabelled_on_top",
+            True,
+            "Mean Teacher: grow the batch to batch / (1 - unlabelled_fraction) so that each step keeps the plans' "
+            "number of labelled patches (SSL4MIS); false: unlabelled patches replace labelled ones.",
+            "bool",
+        ),
+        Option(
             "consistency_noise",
             0.1,
             "Mean Teacher: std of the Gaussian noise added to the teacher's input (clipped at 2 std).",
@@ -132,6 +143,13 @@ class MeanTeacherMixin:
                 cache[k] = bool((np.asarray(dataset.load_case(k)[1][:]) == ignore).all())
         return [k for k in keys if cache[k]]
 
+    def _set_batch_size_and_oversample(self):
+        super()._set_batch_size_and_oversample()
+        fraction = float(self.fm_option("unlabelled_fraction"))
+        if self.fm_ssl and self.fm_option("unlabelled_on_top") and fraction < 1:
+            self.fm_labelled_batch_size = self.batch_size
+            self.batch_size = max(self.batch_size, round(self.batch_size / (1.0 - fraction)))
+
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
         if self.fm_ssl:
@@ -141,7 +159,8 @@ class MeanTeacherMixin:
             dataset_tr.identifiers = weighted_identifiers(labelled, sorted(unlabelled), fraction)
             self.print_to_log_file(
                 f"Mean Teacher: {len(labelled)} labelled + {len(unlabelled)} unlabelled training case(s), "
-                f"unlabelled share of each batch {fraction if unlabelled else 0.0} (expected)"
+                f"unlabelled share of each batch {fraction if unlabelled else 0.0} (expected), batch size "
+                f"{self.batch_size}"
             )
         return dataset_tr, dataset_val
 

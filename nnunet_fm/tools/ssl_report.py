@@ -15,7 +15,7 @@ For every K and seed (the seed picks the K labelled cases, ``few_shot_seed``), o
      entering as unlabelled (``pseudolabel --add-unlabelled``) and ``ssl=mean_teacher`` (fold all);
 3. every model evaluated on the demo test set; the Mean Teacher models twice, with the teacher (what
    ``nnUNetv2_predict`` uses by default) and with the student (``nnunet-fm predict-with student``). Writes
-   ``ssl_report.json`` / ``ssl_report.md`` (mean ± std over seeds per K and method) and keeps each finished run in
+   ``ssl_report.json`` / ``ssl_report.md`` (mean ± std over seeds per K and method) and keeps each finished step in
    ``runs/`` so an interrupted report continues.
 
 Mean Teacher runs with the hook's defaults (the SSL4MIS recipe, ``nnunet_fm/hooks/mean_teacher.py``); every
@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -78,14 +80,17 @@ def _labelled_only_dataset(ws: Workspace, source: Path, keep: set[str], out_id: 
     return target
 
 
-def run_seed(ws: Workspace, source: Path, shots: int, seed: int, args: argparse.Namespace) -> list[dict]:
-    """Teacher + the four students for one (K, seed); returns one record per method."""
-    tag = f"k{shots}_s{seed}"
-    pick = [f"few_shot_k={shots}", f"few_shot_seed={seed}"]
-    teacher = FLAGSHIP["trainer"]
-    teacher_settings = [*_schedule(args.teacher_epochs, args.iterations), *pick]
-    train_config(ws, SOURCE_ID, teacher, teacher_settings, f"3d_t_{tag}", args.device)
-    model = ws.model_folder(SOURCE_ID, teacher, f"3d_t_{tag}")
+def _cached(file: Path, compute: Callable[[], dict]) -> dict:
+    """The JSON in ``file``, or ``compute()`` written there: a re-run continues after the last finished step."""
+    if file.is_file():
+        return json.loads(file.read_text())
+    result = compute()
+    atomic_write_json(file, result)
+    return result
+
+
+def _derived_datasets(ws: Workspace, source: Path, model: Path, tag: str, base: int, args) -> dict[str, int]:
+    """The self-training, Mean Teacher and SFR datasets of one (K, seed), planned like the source."""
     labelled = set(json.loads((model / "fold_0" / FEWSHOT_RECORD_NAME).read_text())["cases"])
     splits = json.loads((ws.preprocessed / source.name / "splits_final.json").read_text())
     candidates = sorted(set(splits[0]["train"]) - labelled)[: args.unlabelled]
@@ -94,40 +99,59 @@ def run_seed(ws: Workspace, source: Path, shots: int, seed: int, args: argparse.
     pool.mkdir()
     for case in candidates:
         shutil.copy(source / "imagesTr" / f"{case}_0000.nii.gz", pool)
-
-    base = 910 + 10 * (shots % 10) + 3 * seed  # three derived datasets per (K, seed)
-    ids = {"self-training": base, "Mean Teacher": base + 1, "Mean Teacher + FFA pseudo-labels": base + 2}
+    ids = {TRAINED[1]: base, TRAINED[2]: base + 1, TRAINED[3]: base + 2}
     selection = (args.keep_fraction, args.voxel_threshold, args.device)
-    pseudo = pseudolabel_into(ws, model, pool, *selection, ids["self-training"], f"SSLPseudo{tag}")
-    mixed = pseudolabel_into(
-        ws, model, pool, *selection, ids["Mean Teacher + FFA pseudo-labels"], f"SSLPseudoUl{tag}", ("--add-unlabelled",)
-    )
-    plain = _labelled_only_dataset(ws, source, labelled, ids["Mean Teacher"], f"SSLUnlabelled{tag}")
+    pseudo = pseudolabel_into(ws, model, pool, *selection, ids[TRAINED[1]], f"SSLPseudo{tag}")
+    mixed = pseudolabel_into(ws, model, pool, *selection, ids[TRAINED[3]], f"SSLPseudoUl{tag}", ("--add-unlabelled",))
+    plain = _labelled_only_dataset(ws, source, labelled, ids[TRAINED[2]], f"SSLUnlabelled{tag}")
     add_unlabelled(plain, pool)
     for dataset, dataset_id in zip((pseudo, plain, mixed), ids.values()):
         copy_test_set(source, dataset)
         plan_like_source(ws, SOURCE_ID, dataset_id)
+    return ids
+
+
+def run_seed(ws: Workspace, source: Path, shots: int, seed: int, args: argparse.Namespace) -> list[dict]:
+    """Teacher + the four students for one (K, seed); one record per row of METHODS.
+
+    Every finished step is kept in ``runs/k<K>_s<seed>/`` and skipped when the report is run again.
+    """
+    tag = f"k{shots}_s{seed}"
+    cache = ws.root / "runs" / tag
+    cache.mkdir(parents=True, exist_ok=True)
+    pick = [f"few_shot_k={shots}", f"few_shot_seed={seed}"]
+    teacher = FLAGSHIP["trainer"]
+    teacher_settings = [*_schedule(args.teacher_epochs, args.iterations), *pick]
+    _cached(
+        cache / "teacher.json",
+        lambda: train_config(ws, SOURCE_ID, teacher, teacher_settings, f"3d_t_{tag}", args.device),
+    )
+    model = ws.model_folder(SOURCE_ID, teacher, f"3d_t_{tag}")
+    base = 910 + 10 * (shots % 10) + 3 * seed  # three derived datasets per (K, seed)
+    ids = _cached(cache / "datasets.json", lambda: _derived_datasets(ws, source, model, tag, base, args))
 
     student, schedule = args.student, _schedule(args.epochs, args.iterations)
     everything = [*schedule, "few_shot_k=null"]
     plans = {
-        "labelled only": (SOURCE_ID, [*schedule, *pick], 0),
-        "self-training": (ids["self-training"], everything, "all"),
-        "Mean Teacher": (ids["Mean Teacher"], [*everything, "ssl=mean_teacher"], "all"),
-        "Mean Teacher + FFA pseudo-labels": (
-            ids["Mean Teacher + FFA pseudo-labels"],
-            [*everything, "ssl=mean_teacher"],
-            "all",
-        ),
+        TRAINED[0]: (SOURCE_ID, [*schedule, *pick], 0),
+        TRAINED[1]: (ids[TRAINED[1]], everything, "all"),
+        TRAINED[2]: (ids[TRAINED[2]], [*everything, "ssl=mean_teacher"], "all"),
+        TRAINED[3]: (ids[TRAINED[3]], [*everything, "ssl=mean_teacher"], "all"),
     }
     records = []
     for method in TRAINED:
         dataset_id, settings, fold = plans[method]
         name = f"3d_{method.split()[0].lower()}_{tag}"
-        scores = train_config(ws, dataset_id, student, settings, name, args.device, fold=fold)
+        slug = method.replace(" ", "_")
+        scores = _cached(
+            cache / f"{slug}.json",
+            partial(train_config, ws, dataset_id, student, settings, name, args.device, fold=fold),
+        )
         records.append({"method": method, "shots": shots, "seed": seed, **scores})
         if "ssl=mean_teacher" in settings:
-            scores = student_scores(ws, dataset_id, name, student, args.device)
+            scores = _cached(
+                cache / f"{slug}_student.json", partial(student_scores, ws, dataset_id, name, student, args.device)
+            )
             records.append({"method": method + STUDENT, "shots": shots, "seed": seed, **scores})
     return records
 
@@ -174,15 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     shots = [int(k) for k in args.shots.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     source = prepare_dataset(ws, SOURCE_ID, num_train=max(shots) + args.unlabelled + 2, num_test=4, seed=11)
-    runs = workdir / "runs"
-    runs.mkdir(exist_ok=True)
     records: list[dict] = []
     for k in shots:
         for seed in seeds:
-            done = runs / f"k{k}_s{seed}.json"
-            if not done.is_file():
-                atomic_write_json(done, run_seed(ws, source, k, seed, args))
-            records += json.loads(done.read_text())
+            records += run_seed(ws, source, k, seed, args)
             table = to_markdown(records)
             atomic_write_json(workdir / "ssl_report.json", {"arguments": vars(args), "records": records})
             atomic_write_text(workdir / "ssl_report.md", table + "\n")
