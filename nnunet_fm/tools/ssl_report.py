@@ -45,6 +45,8 @@ SOURCE_ID = 905
 TRAINED = ("labelled only", "self-training", "Mean Teacher", "Mean Teacher + FFA pseudo-labels")
 STUDENT = " (student)"
 METHODS = (*TRAINED[:3], TRAINED[2] + STUDENT, TRAINED[3], TRAINED[3] + STUDENT)
+#: configuration names differ per method, so prediction folders (named trainer__configuration__fold) never clash
+CONFIGURATION_PREFIX = dict(zip(TRAINED, ("labelled", "self-training", "mt", "sfr")))
 
 
 def _schedule(epochs: int, iterations: int) -> list[str]:
@@ -141,7 +143,7 @@ def run_seed(ws: Workspace, source: Path, shots: int, seed: int, args: argparse.
     records = []
     for method in TRAINED:
         dataset_id, settings, fold = plans[method]
-        name = f"3d_{method.split()[0].lower()}_{tag}"
+        name = f"3d_{CONFIGURATION_PREFIX[method]}_{tag}"
         slug = method.replace(" ", "_")
         scores = _cached(
             cache / f"{slug}.json",
