@@ -129,6 +129,21 @@ def test_teacher_view_adds_clipped_noise_and_the_student_sees_the_clean_patch():
     assert torch.equal(seen[0], batch["data"]) and not torch.equal(seen[1], batch["data"])
 
 
+def test_teacher_pass_uses_the_teacher_weights_under_autocast():
+    """Autocast caches bf16/fp16 copies of parameters per region; the teacher pass must not get the student's."""
+    trainer = _Trainer()
+    trainer.fm_autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    trainer._fm_teacher = {n: t + 0.5 for n, t in trainer._fm_teacher.items()}
+    outputs = []
+    trainer.network.register_forward_hook(lambda module, args, out: outputs.append(out.detach().float()))
+    batch = _batch()
+    trainer.forward_backward(batch["data"], batch["target"])
+    with torch.no_grad(), trainer.fm_teacher_weights(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = trainer.network(batch["data"]).float()
+    assert not torch.equal(outputs[0], outputs[1])
+    torch.testing.assert_close(outputs[1], expected)
+
+
 def test_rampup_and_batch_composition():
     assert rampup_weight(0, 2.0, 10) == pytest.approx(2.0 * math.exp(-5))
     assert rampup_weight(10, 2.0, 10) == 2.0 and rampup_weight(3, 2.0, 0) == 2.0

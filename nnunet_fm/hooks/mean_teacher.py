@@ -205,9 +205,11 @@ class MeanTeacherMixin:
         with self.fm_autocast():
             student = self.network(data)
             supervised = self.loss(student, target)
-            with torch.no_grad(), self.fm_teacher_weights():
-                teacher = self.network(teacher_view(data, float(self.fm_option("consistency_noise"))))
-            loss = supervised + self.fm_consistency_weight() * consistency_loss(student, teacher)
+        # a separate autocast region: autocast caches low-precision copies of parameters per region, and the
+        # teacher's weights live in the same Parameter objects, so inside the student's region it would reuse them
+        with torch.no_grad(), self.fm_teacher_weights(), self.fm_autocast():
+            teacher = self.network(teacher_view(data, float(self.fm_option("consistency_noise"))))
+        loss = supervised + self.fm_consistency_weight() * consistency_loss(student, teacher)
         self.scale_loss(loss).backward()
         return loss
 
