@@ -104,6 +104,22 @@ def test_consistency_is_zero_for_identical_student_teacher_and_inputs():
     assert trainer.forward_backward(batch["data"], batch["target"]).item() == pytest.approx(supervised.item())
 
 
+def test_without_consistency_a_step_equals_the_plain_step_for_any_teacher():
+    """The teacher pass swaps weights in and out of the same Parameters; the student's gradients must not notice."""
+    trainer = _Trainer(consistency_weight=0.0, consistency_noise=0.1)
+    trainer.network = nn.Sequential(
+        nn.Conv3d(1, 4, 3, padding=1), nn.InstanceNorm3d(4, affine=True), nn.Conv3d(4, 3, 1)
+    )
+    trainer._fm_teacher = {n: p.detach() + 0.3 for n, p in trainer.network.named_parameters()}
+    batch = _batch()
+    trainer.loss(trainer.network(batch["data"]), batch["target"]).backward()
+    plain = {n: p.grad.clone() for n, p in trainer.network.named_parameters()}
+    trainer.network.zero_grad()
+    trainer.forward_backward(batch["data"], batch["target"])
+    for n, p in trainer.network.named_parameters():
+        torch.testing.assert_close(p.grad, plain[n], rtol=0, atol=0)
+
+
 def test_all_ignore_cases_train_only_through_consistency():
     trainer = _Trainer(consistency_noise=0.5)
     batch = _batch(target_value=IGNORE)
