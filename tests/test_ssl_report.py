@@ -33,7 +33,8 @@ def test_summary_is_mean_and_population_std_over_seeds_per_k_and_method():
     assert mean_teacher[4] == "0.7000 ± 0.1000" and mean_teacher[5] == "0.5000 ± 0.1000"
     assert METHODS.index("labelled only") < METHODS.index("Mean Teacher")
     table = to_markdown(records)
-    assert table.splitlines()[0] == "| method | K | seeds | mean Dice | artery | vein |"
+    assert table.splitlines()[0] == "| method | K | seeds | mean Dice | artery | vein | per seed (mean Dice) |"
+    assert mean_teacher[6] == "s0: 0.7000, s1: 0.5000"
     assert len(table.splitlines()) == 2 + len(rows)
 
 

@@ -159,11 +159,13 @@ def run_seed(ws: Workspace, source: Path, shots: int, seed: int, args: argparse.
 
 
 def summarise(records: list[dict]) -> list[list[str]]:
-    """Table rows: mean ± std of mean Dice and per-class Dice over seeds, per K and method."""
+    """Rows per K and method: mean ± std over seeds of mean and per-class Dice, then each seed's mean Dice."""
     rows = []
     for shots in sorted({r["shots"] for r in records}):
         for method in METHODS:
-            group = [r for r in records if r["shots"] == shots and r["method"] == method]
+            group = sorted(
+                (r for r in records if r["shots"] == shots and r["method"] == method), key=lambda r: r["seed"]
+            )
             if not group:
                 continue
             cells = [method, str(shots), str(len(group))]
@@ -172,12 +174,13 @@ def summarise(records: list[dict]) -> list[list[str]]:
                 *([r["per_class_dice"].get(c, 0.0) for r in group] for c in ("1", "2")),
             ):
                 cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}")
+            cells.append(", ".join(f"s{r['seed']}: {r['mean_dice']:.4f}" for r in group))
             rows.append(cells)
     return rows
 
 
 def to_markdown(records: list[dict]) -> str:
-    header = ["method", "K", "seeds", "mean Dice", "artery", "vein"]
+    header = ["method", "K", "seeds", "mean Dice", "artery", "vein", "per seed (mean Dice)"]
     return markdown_table(header, summarise(records))
 
 
