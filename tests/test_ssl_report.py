@@ -1,8 +1,11 @@
 """The semi-supervised comparison's summary (``nnunet_fm.tools.ssl_report``) on hand-made records."""
 
+import json
+
 import pytest
 
-from nnunet_fm.tools.ssl_report import METHODS, summarise, to_markdown
+from nnunet_fm.pipeline import Workspace
+from nnunet_fm.tools.ssl_report import METHODS, finished_records, main, summarise, to_markdown
 
 
 def _record(method: str, shots: int, seed: int, artery: float, vein: float) -> dict:
@@ -42,3 +45,20 @@ def test_summary_is_mean_and_population_std_over_seeds_per_k_and_method():
 def test_methods_without_runs_are_left_out(missing):
     records = [_record(m, 3, 0, 0.5, 0.5) for m in METHODS if m != missing]
     assert missing not in [r[0] for r in summarise(records)]
+
+
+def test_table_only_reads_the_finished_steps_and_trains_nothing(tmp_path):
+    cache = tmp_path / "runs" / "k1_s2"
+    cache.mkdir(parents=True)
+    for name, artery in (("labelled_only", 0.9), ("Mean_Teacher_student", 0.7), ("teacher", 0.1)):
+        score = {"per_class_dice": {"1": artery, "2": 0.5}, "mean_dice": (artery + 0.5) / 2}
+        (cache / f"{name}.json").write_text(json.dumps(score))
+    records = finished_records(Workspace(tmp_path), 1, 2)
+    assert [(r["method"], r["seed"], r["per_class_dice"]["1"]) for r in records] == [
+        ("labelled only", 2, 0.9),
+        ("Mean Teacher (student)", 2, 0.7),
+    ]  # the teacher's own scores are not a row
+    main(["--workdir", str(tmp_path), "--shots", "1", "--seeds", "2", "--table-only"])
+    table = (tmp_path / "ssl_report.md").read_text()
+    assert "| Mean Teacher (student) | 1 | 1 | 0.6000 ± 0.0000 |" in table and "s2: 0.7000" in table
+    assert not list(tmp_path.rglob("Dataset*"))  # no dataset written, nothing trained

@@ -113,6 +113,23 @@ def _derived_datasets(ws: Workspace, source: Path, model: Path, tag: str, base: 
     return ids
 
 
+def _step_file(cache: Path, method: str) -> Path:
+    """Where one method's scores of one (K, seed) are kept."""
+    student = method.endswith(STUDENT)
+    return cache / (method.removesuffix(STUDENT).replace(" ", "_") + ("_student" if student else "") + ".json")
+
+
+def finished_records(ws: Workspace, shots: int, seed: int) -> list[dict]:
+    """The records of one (K, seed) whose runs have finished (``--table-only``)."""
+    cache = ws.root / "runs" / f"k{shots}_s{seed}"
+    files = {method: _step_file(cache, method) for method in METHODS}
+    return [
+        {"method": method, "shots": shots, "seed": seed, **json.loads(file.read_text())}
+        for method, file in files.items()
+        if file.is_file()
+    ]
+
+
 def run_seed(ws: Workspace, source: Path, shots: int, seed: int, args: argparse.Namespace) -> list[dict]:
     """Teacher + the four students for one (K, seed); one record per row of METHODS.
 
@@ -144,15 +161,15 @@ def run_seed(ws: Workspace, source: Path, shots: int, seed: int, args: argparse.
     for method in TRAINED:
         dataset_id, settings, fold = plans[method]
         name = f"3d_{CONFIGURATION_PREFIX[method]}_{tag}"
-        slug = method.replace(" ", "_")
         scores = _cached(
-            cache / f"{slug}.json",
+            _step_file(cache, method),
             partial(train_config, ws, dataset_id, student, settings, name, args.device, fold=fold),
         )
         records.append({"method": method, "shots": shots, "seed": seed, **scores})
         if "ssl=mean_teacher" in settings:
             scores = _cached(
-                cache / f"{slug}_student.json", partial(student_scores, ws, dataset_id, name, student, args.device)
+                _step_file(cache, method + STUDENT),
+                partial(student_scores, ws, dataset_id, name, student, args.device),
             )
             records.append({"method": method + STUDENT, "shots": shots, "seed": seed, **scores})
     return records
@@ -197,18 +214,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep-fraction", type=float, default=0.75)
     parser.add_argument("--voxel-threshold", type=float, default=0.7)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--table-only", action="store_true", help="write the table from finished runs; train nothing")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir).resolve()
     ws = Workspace(workdir, log=workdir / "commands.log")
     shots = [int(k) for k in args.shots.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    source = prepare_dataset(ws, SOURCE_ID, num_train=max(shots) + args.unlabelled + 2, num_test=4, seed=11)
+    if not args.table_only:
+        source = prepare_dataset(ws, SOURCE_ID, num_train=max(shots) + args.unlabelled + 2, num_test=4, seed=11)
     records: list[dict] = []
     for k in shots:
         for seed in seeds:
-            records += run_seed(ws, source, k, seed, args)
+            records += finished_records(ws, k, seed) if args.table_only else run_seed(ws, source, k, seed, args)
             table = to_markdown(records)
-            atomic_write_json(workdir / "ssl_report.json", {"arguments": vars(args), "records": records})
+            if not args.table_only:  # the arguments of the runs, not of a re-rendering
+                atomic_write_json(workdir / "ssl_report.json", {"arguments": vars(args), "records": records})
             atomic_write_text(workdir / "ssl_report.md", table + "\n")
             print(table, flush=True)
 
