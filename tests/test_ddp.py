@@ -5,6 +5,7 @@ Covers the two-pass step's own gradient all-reduce (sub-cube model) and plain DD
 """
 
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -110,6 +111,7 @@ class _MeanTeacherOnly:
     def __init__(self, network: nn.Module) -> None:
         self.network = network
         self.loss = _loss
+        self.label_manager = SimpleNamespace(ignore_label=None)
         self.current_epoch = 0
 
     def fm_option(self, name):

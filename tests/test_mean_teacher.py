@@ -4,6 +4,7 @@ import hashlib
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -56,6 +57,7 @@ class _Trainer(MeanTeacherMixin, _Base):
             **options,
         }
         self.loss = SliceMaskedLoss.dice_ce(None, IGNORE, 0.0, 0.0)
+        self.label_manager = SimpleNamespace(ignore_label=IGNORE)
         self.optimizer = torch.optim.SGD(self.network.parameters(), lr=0.1)
         self.current_epoch = 0
         self.num_epochs = 10
@@ -118,6 +120,19 @@ def test_without_consistency_a_step_equals_the_plain_step_for_any_teacher():
     trainer.forward_backward(batch["data"], batch["target"])
     for n, p in trainer.network.named_parameters():
         torch.testing.assert_close(p.grad, plain[n], rtol=0, atol=0)
+
+
+def test_supervised_loss_covers_the_labelled_patches_only():
+    """nnU-Net's per-sample Dice scores an all-ignore patch as 1: in the batch it would halve the labelled gradient."""
+    trainer = _Trainer(consistency_weight=0.0)
+    batch = _batch()
+    mixed = torch.cat([batch["target"][:1], torch.full_like(batch["target"][:1], IGNORE)])
+    logits = trainer.network(batch["data"])
+    alone = trainer.loss(logits[:1], batch["target"][:1])
+    assert trainer.fm_supervised_loss(logits, mixed).item() == pytest.approx(alone.item())
+    assert trainer.loss(logits, mixed).item() != pytest.approx(alone.item())  # what the plain loss would give
+    nothing = trainer.fm_supervised_loss(logits, torch.full_like(mixed, IGNORE))
+    assert nothing.item() == 0.0 and nothing.requires_grad
 
 
 def test_all_ignore_cases_train_only_through_consistency():

@@ -71,6 +71,22 @@ def teacher_view(data: torch.Tensor, std: float) -> torch.Tensor:
     return data + (std * torch.randn_like(data)).clamp(-2 * std, 2 * std)
 
 
+def _as_list(x) -> list:
+    return x if isinstance(x, list) else [x]
+
+
+def _rows(x, keep: torch.Tensor):
+    """Samples ``keep`` of a tensor or of each tensor of a deep-supervision list."""
+    return [t[keep] for t in x] if isinstance(x, list) else x[keep]
+
+
+def labelled_samples(target: torch.Tensor, ignore_label: int | None) -> torch.Tensor:
+    """Boolean per sample of a (B, 1, ...) target: does it hold any voxel that is not ``ignore_label``."""
+    if ignore_label is None:
+        return torch.ones(target.shape[0], dtype=torch.bool, device=target.device)
+    return (target != ignore_label).flatten(1).any(1)
+
+
 def weighted_identifiers(labelled: list[str], unlabelled: list[str], fraction: float) -> list[str]:
     """Identifiers repeated so that uniform draws pick an unlabelled case with probability ``fraction``."""
     if not unlabelled or fraction <= 0:
@@ -204,7 +220,7 @@ class MeanTeacherMixin:
             return super().forward_backward(data, target)
         with self.fm_autocast():
             student = self.network(data)
-            supervised = self.loss(student, target)
+            supervised = self.fm_supervised_loss(student, target)
         # a separate autocast region: autocast caches low-precision copies of parameters per region, and the
         # teacher's weights live in the same Parameter objects, so inside the student's region it would reuse them
         with torch.no_grad(), self.fm_teacher_weights(), self.fm_autocast():
@@ -212,6 +228,20 @@ class MeanTeacherMixin:
         loss = supervised + self.fm_consistency_weight() * consistency_loss(student, teacher)
         self.scale_loss(loss).backward()
         return loss
+
+    def fm_supervised_loss(self, student, target) -> torch.Tensor:
+        """The loss over the patches that hold labels only (SSL4MIS l. 150-153: ``outputs[:labeled_bs]``).
+
+        nnU-Net's per-sample Dice (``batch_dice`` false for 3d_fullres) scores an all-ignore patch as a constant 1,
+        so leaving unlabelled patches in the batch would shrink the labelled patches' Dice gradient by their share.
+        """
+        first = target[0] if isinstance(target, list) else target
+        labelled = labelled_samples(first, self.label_manager.ignore_label)
+        if bool(labelled.all()):
+            return self.loss(student, target)
+        if not bool(labelled.any()):
+            return sum(o.float().sum() for o in _as_list(student)) * 0.0  # zero, but part of the graph
+        return self.loss(_rows(student, labelled), _rows(target, labelled))
 
     @torch.no_grad()
     def fm_ema_update(self) -> None:
