@@ -133,6 +133,14 @@ def test_supervised_loss_covers_the_labelled_patches_only():
     assert trainer.loss(logits, mixed).item() != pytest.approx(alone.item())  # what the plain loss would give
     nothing = trainer.fm_supervised_loss(logits, torch.full_like(mixed, IGNORE))
     assert nothing.item() == 0.0 and nothing.requires_grad
+    # by case when the loader names the cases: an unlabelled patch with background at augmented borders is still out
+    bordered = mixed.clone()
+    bordered[1, :, :, :, 0] = 0
+    trainer._fm_unlabelled_cache = {"lab": False, "unl": True}
+    trainer._fm_batch_keys = ["lab", "unl"]
+    assert trainer.fm_supervised_loss(logits, bordered).item() == pytest.approx(alone.item())
+    trainer._fm_batch_keys = None
+    assert trainer.fm_supervised_loss(logits, bordered).item() != pytest.approx(alone.item())  # voxel test fooled
 
 
 def test_all_ignore_cases_train_only_through_consistency():

@@ -230,13 +230,19 @@ class MeanTeacherMixin:
         return loss
 
     def fm_supervised_loss(self, student, target) -> torch.Tensor:
-        """The loss over the patches that hold labels only (SSL4MIS l. 150-153: ``outputs[:labeled_bs]``).
+        """The loss over the patches of labelled cases only (SSL4MIS l. 150-153: ``outputs[:labeled_bs]``).
 
         nnU-Net's per-sample Dice (``batch_dice`` false for 3d_fullres) scores an all-ignore patch as a constant 1,
         so leaving unlabelled patches in the batch would shrink the labelled patches' Dice gradient by their share.
         """
-        first = target[0] if isinstance(target, list) else target
-        labelled = labelled_samples(first, self.label_manager.ignore_label)
+        keys = getattr(self, "_fm_batch_keys", None)
+        unlabelled = getattr(self, "_fm_unlabelled_cache", {})
+        if keys is not None and len(keys) == len(_as_list(target)[0]):
+            # by case: augmentation pads an all-ignore patch with background at its borders (nnU-Net turns the
+            # seg padding value -1 into 0), which a voxel test would take for labels
+            labelled = torch.tensor([not unlabelled.get(k, False) for k in keys], device=_as_list(target)[0].device)
+        else:
+            labelled = labelled_samples(_as_list(target)[0], self.label_manager.ignore_label)
         if bool(labelled.all()):
             return self.loss(student, target)
         if not bool(labelled.any()):
@@ -251,7 +257,11 @@ class MeanTeacherMixin:
         self._fm_ema_step += 1
 
     def train_step(self, batch: dict) -> dict:
-        result = super().train_step(batch)
+        self._fm_batch_keys = batch.get("keys")  # which cases the patches come from (nnU-Net's loader sets it)
+        try:
+            result = super().train_step(batch)
+        finally:
+            self._fm_batch_keys = None
         if self.fm_ssl:
             self.fm_ema_update()
         return result
