@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nnunet_fm.atomic_io import atomic_torch_save
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.options import Option
 
@@ -334,14 +334,7 @@ def switch_checkpoint_weights(checkpoint_file: str | Path, use: str) -> bool:
     for name, tensor in other.items():
         other[name], weights[name] = weights[name], tensor
     saved["network_weights_are"] = use
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=Path(checkpoint_file).parent)
-    os.close(fd)
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, checkpoint_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(checkpoint, checkpoint_file)
     return True
 
 
