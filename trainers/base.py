@@ -6,6 +6,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_fm.hooks.augmentation import AugmentationMixin
 from nnunet_fm.hooks.budget import EpochBudgetMixin
+from nnunet_fm.hooks.checkpoint import AtomicCheckpointMixin
 from nnunet_fm.hooks.class_balance import ClassBalanceMixin
 from nnunet_fm.hooks.few_shot import FewShotMixin
 from nnunet_fm.hooks.mean_teacher import MeanTeacherMixin
@@ -21,6 +22,7 @@ from nnunet_fm.hooks.train_step import AmpClipTrainStepMixin
 class nnUNetTrainerFMBase(
     PlansOptionsMixin,
     MeanTeacherMixin,
+    AtomicCheckpointMixin,
     EpochBudgetMixin,
     AugmentationMixin,
     FewShotMixin,

@@ -268,26 +268,21 @@ class MeanTeacherMixin:
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
     def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint written to ``<name>.partial`` and renamed into place, so a kill mid-write keeps the
-        previous checkpoint (``--c`` would otherwise meet a truncated file); with Mean Teacher, plus the other set."""
-        partial = f"{filename}.partial"
-        mean_teacher = self.fm_ssl and getattr(self, "_fm_teacher", None) is not None
-        to_teacher = mean_teacher and self.fm_option("predict_with") == "teacher"
+        if not self.fm_ssl or getattr(self, "_fm_teacher", None) is None:
+            return super().save_checkpoint(filename)
+        to_teacher = self.fm_option("predict_with") == "teacher"
         with self.fm_teacher_weights() if to_teacher else contextlib.nullcontext():
-            super().save_checkpoint(partial)  # network_weights = the weights prediction uses
-        if not os.path.isfile(partial):  # another rank, or checkpointing disabled
+            super().save_checkpoint(filename)  # network_weights = the weights prediction uses
+        if not os.path.isfile(filename) or self.local_rank != 0 or self.disable_checkpointing:
             return
-        if mean_teacher:
-            trainable = self._fm_trainable()
-            other = {n: p.detach().clone() for n, p in trainable.items()} if to_teacher else self._fm_teacher
-            checkpoint = torch.load(partial, map_location="cpu", weights_only=False)
-            checkpoint[CHECKPOINT_KEY] = {
-                "network_weights_are": "teacher" if to_teacher else "student",
-                "other_trainable": {n: t.cpu() for n, t in other.items()},
-                "ema_step": self._fm_ema_step,
-            }
-            torch.save(checkpoint, partial)
-        os.replace(partial, filename)
+        other = {n: p.detach().clone() for n, p in self._fm_trainable().items()} if to_teacher else self._fm_teacher
+        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+        checkpoint[CHECKPOINT_KEY] = {
+            "network_weights_are": "teacher" if to_teacher else "student",
+            "other_trainable": {n: t.cpu() for n, t in other.items()},
+            "ema_step": self._fm_ema_step,
+        }
+        atomic_torch_save(checkpoint, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
