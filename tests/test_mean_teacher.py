@@ -15,14 +15,15 @@ from torch import nn
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.hooks.mean_teacher import (
     CHECKPOINT_KEY,
+    MeanTeacherDataLoader,
     MeanTeacherMixin,
     consistency_loss,
     ema_alpha,
+    labelled_batch_size,
     rampup_weight,
     switch_checkpoint_weights,
     switch_model_weights,
     teacher_view,
-    weighted_identifiers,
 )
 from nnunet_fm.hooks.slice_mask import SliceMaskedLoss
 from nnunet_fm.unlabelled import add_unlabelled
@@ -183,20 +184,54 @@ def test_teacher_pass_uses_the_teacher_weights_under_autocast():
     torch.testing.assert_close(outputs[1], expected)
 
 
-def test_rampup_and_batch_composition():
+def test_rampup():
     assert rampup_weight(0, 2.0, 10) == pytest.approx(2.0 * math.exp(-5))
     assert rampup_weight(10, 2.0, 10) == 2.0 and rampup_weight(3, 2.0, 0) == 2.0
     trainer = _Trainer(consistency_rampup_epochs=None)  # null: the ramp spans the whole run (num_epochs = 10)
     trainer.current_epoch = 5
     assert trainer.fm_consistency_weight() == pytest.approx(2.0 * math.exp(-5 * 0.5**2))
+
+
+def _loader(cls, batch_size, oversample, **kwargs):
+    data = SimpleNamespace(identifiers=[f"l{i}" for i in range(3)] + [f"u{i}" for i in range(7)])
+    labels = SimpleNamespace(all_labels=[0, 1, 2], has_ignore_label=True)
+    return cls(data, batch_size, (4, 8, 8), (4, 8, 8), labels, oversample_foreground_percent=oversample, **kwargs)
+
+
+@pytest.mark.parametrize("oversample", [0.33, 0.5, 1.0])
+def test_batches_hold_exactly_the_unlabelled_share_and_oversample_the_labelled_part_as_nnunet(oversample):
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
     labelled, unlabelled = [f"l{i}" for i in range(3)], [f"u{i}" for i in range(7)]
-    for fraction in (0.25, 0.5, 0.8):
-        identifiers = weighted_identifiers(labelled, unlabelled, fraction)
-        share = sum(i.startswith("u") for i in identifiers) / len(identifiers)
-        assert share == pytest.approx(fraction, abs=0.01)
-        draws = np.random.RandomState(0).choice(identifiers, 20000)  # nnU-Net's uniform draw
-        assert np.mean([d.startswith("u") for d in draws]) == pytest.approx(fraction, abs=0.02)
-    assert weighted_identifiers(labelled, [], 0.5) == labelled
+    assert labelled_batch_size(2, 0.5, on_top=True) == 2 and labelled_batch_size(4, 0.25, on_top=False) == 3
+    assert labelled_batch_size(2, 1.0, on_top=True) == 0
+    loader = _loader(
+        MeanTeacherDataLoader, 4, oversample, labelled=labelled, unlabelled=unlabelled, labelled_batch_size=2
+    )
+    np.random.seed(0)
+    draws = [loader.get_indices() for _ in range(500)]
+    assert all([k[0] for k in keys] == ["u", "u", "l", "l"] for keys in draws)  # never binomial
+    assert {k for keys in draws for k in keys} == set(labelled + unlabelled)
+    stock_at_labelled_batch = _loader(nnUNetDataLoader, 2, oversample)
+    flags = [loader.get_do_oversample(j) for j in range(4)]
+    assert flags == [False, False] + [stock_at_labelled_batch.get_do_oversample(j) for j in range(2)]
+    assert sum(flags) >= 1  # the forced-foreground slot always holds a labelled patch
+    probabilistic = _loader(
+        MeanTeacherDataLoader,
+        4,
+        oversample,
+        labelled=labelled,
+        unlabelled=unlabelled,
+        labelled_batch_size=2,
+        probabilistic_oversampling=True,
+    )
+    assert not any(probabilistic.get_do_oversample(j) for _ in range(200) for j in range(2))
+    # no unlabelled cases: every slot labelled, oversampled as stock nnU-Net does
+    plain = _loader(MeanTeacherDataLoader, 2, oversample, labelled=labelled, unlabelled=[], labelled_batch_size=1)
+    assert (plain.unlabelled_batch_size, plain.labelled_batch_size) == (0, 2)
+    assert [plain.get_do_oversample(j) for j in range(2)] == [
+        stock_at_labelled_batch.get_do_oversample(j) for j in range(2)
+    ]
 
 
 def _digest(folder):
@@ -246,7 +281,15 @@ def test_add_unlabelled_refuses_a_mismatched_folder_and_changes_nothing(raw_copy
     assert _digest(folder) == before
 
 
+def _data_loader(augmenter):
+    """The loader inside nnU-Net's single- or multi-process augmenter."""
+    return getattr(augmenter, "generator", None) or augmenter.data_loader
+
+
 def test_checkpoint_round_trip_restores_student_and_teacher(nnunet_env, tmp_path):
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+    from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as nnunet_trainer_module
+
     from nnunet_fm.ext_trainers.nnunet_fm_trainers import nnUNetTrainerFMUNet
     from nnunet_fm.plans import add_configuration
 
@@ -264,8 +307,12 @@ def test_checkpoint_round_trip_restores_student_and_teacher(nnunet_env, tmp_path
     trainer = nnUNetTrainerFMUNet(plans, "3d_mt_ckpt", 0, dataset_json, torch.device("cpu"))
     trainer.on_train_start()
     try:
-        # unlabelled_on_top: half of each batch unlabelled, on top of the plans' labelled batch (SSL4MIS: 2 + 2)
-        assert trainer.batch_size == 2 * trainer.configuration_manager.batch_size
+        # unlabelled_on_top with no unlabelled case: nothing goes on top, the plans' batch stays
+        assert trainer.batch_size == trainer.configuration_manager.batch_size
+        loader = _data_loader(trainer.dataloader_train)
+        assert isinstance(loader, MeanTeacherDataLoader) and loader.unlabelled_batch_size == 0
+        assert type(_data_loader(trainer.dataloader_val)) is nnUNetDataLoader  # validation stays stock
+        assert nnunet_trainer_module.nnUNetDataLoader is nnUNetDataLoader  # the override ended with the call
         for _ in range(2):
             trainer.train_step(next(trainer.dataloader_train))
         student = {n: p.detach().clone() for n, p in trainer._fm_trainable().items()}
@@ -349,7 +396,7 @@ def test_mean_teacher_through_stock_commands_on_a_dataset_with_unlabelled_cases(
     )
     fold = ws.results / folder.name / f"nnUNetTrainerFMUNet__nnUNetPlans__{configuration}" / "fold_all"
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
-    assert "Mean Teacher: 5 labelled + 2 unlabelled training case(s)" in log
+    assert "Mean Teacher: 5 labelled + 2 unlabelled training case(s); each batch of 4: 2 unlabelled + 2 labelled" in log
     checkpoint = torch.load(fold / "checkpoint_final.pth", weights_only=False)
     assert (
         checkpoint[CHECKPOINT_KEY]["network_weights_are"] == "teacher" and checkpoint[CHECKPOINT_KEY]["ema_step"] == 4

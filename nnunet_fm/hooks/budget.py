@@ -48,7 +48,7 @@ class EpochBudgetMixin:
         self.num_iterations_per_epoch = int(train) if train is not None else iterations_per_pass(len(train_keys), batch)
         self.num_val_iterations_per_epoch = int(val) if val is not None else iterations_per_pass(len(val_keys), batch)
         steps = self.num_epochs * self.num_iterations_per_epoch
-        grown = self.batch_size / getattr(self, "fm_labelled_batch_size", self.batch_size)  # Mean Teacher's extra
+        grown = self.batch_size / getattr(self, "fm_plans_batch_size", self.batch_size)  # Mean Teacher's extra
         per_step = round(batch * grown)
         self.print_to_log_file(
             f"Budget: {self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations = {steps} optimiser steps "

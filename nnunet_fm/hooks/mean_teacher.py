@@ -5,7 +5,9 @@ difference of the softmax maps) between the student on the patch and an EMA teac
 weighted by the sigmoid ramp-up ``consistency_weight * exp(-5 (1 - t)^2)``, ``t = epoch / consistency_rampup_epochs``.
 Unlabelled cases are ordinary nnU-Net cases whose label map is all ``ignore`` (``nnunet-fm add-unlabelled``), so
 the supervised loss skips them and the data pipeline stays stock; ``unlabelled_fraction`` sets their expected
-share of each batch (nnU-Net's loader draws case identifiers uniformly, so identifiers are repeated in proportion).
+share of each batch: every training batch holds exactly that many patches of unlabelled cases first and then the
+labelled patches, which nnU-Net's foreground oversampling treats as it treats a batch of their size
+(:class:`MeanTeacherDataLoader`; SSL4MIS's ``TwoStreamBatchSampler`` fixes the split the same way).
 
 Defaults follow the 3D Mean Teacher of SSL4MIS (``HiLab-git/SSL4MIS`` at 06df604,
 ``code/train_mean_teacher_3D.py``): EMA decay 0.99 with the true average over the first steps (l. 56, 74),
@@ -13,8 +15,7 @@ consistency weight 0.1 (l. 59) ramped up over the whole run (l. 61-62 and 155: 2
 = the 30,000 of ``max_iterations``, l. 38), half of each batch unlabelled and added on top of the labelled
 patches (``labeled_bs`` 2 of a batch of 4, l. 51, where the fully supervised script trains with batch 2,
 ``code/train_fully_supervised_3D.py`` l. 40: ``unlabelled_on_top`` grows nnU-Net's batch to
-``batch / (1 - unlabelled_fraction)``, so a step sees as many labelled patches as without Mean Teacher; nnU-Net
-draws cases independently, so the split per batch is right on average, not exactly 2 + 2), the
+``batch / (1 - unlabelled_fraction)``, so a step sees as many labelled patches as without Mean Teacher), the
 student on the clean patch and the teacher on the patch plus Gaussian noise of std 0.1 clipped to +-0.2
 (l. 140-144). Deviations, each an option: the consistency term covers labelled patches too (SSL4MIS: the
 unlabelled half only, l. 157), as the original Mean Teacher does; ``nnUNetv2_predict`` uses the teacher
@@ -32,12 +33,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
 from nnunet_fm.atomic_io import atomic_torch_save
 from nnunet_fm.errors import UserInputError
@@ -87,16 +89,77 @@ def labelled_samples(target: torch.Tensor, ignore_label: int | None) -> torch.Te
     return (target != ignore_label).flatten(1).any(1)
 
 
-def weighted_identifiers(labelled: list[str], unlabelled: list[str], fraction: float) -> list[str]:
-    """Identifiers repeated so that uniform draws pick an unlabelled case with probability ``fraction``."""
-    if not unlabelled or fraction <= 0:
-        return list(labelled)
-    if not labelled or fraction >= 1:
-        return list(unlabelled)
-    scale = 20  # repeats resolve the fraction to about 1/(20 * min(n_labelled, n_unlabelled))
-    repeat_labelled = max(1, round((1 - fraction) * len(unlabelled) * scale))
-    repeat_unlabelled = max(1, round(fraction * len(labelled) * scale))
-    return list(labelled) * repeat_labelled + list(unlabelled) * repeat_unlabelled
+def labelled_batch_size(batch_size: int, fraction: float, on_top: bool) -> int:
+    """Labelled patches per batch: the plans' batch when unlabelled ones go on top, else the rest of the batch."""
+    if on_top and fraction < 1:
+        return batch_size
+    return batch_size - round(batch_size * fraction)
+
+
+class MeanTeacherDataLoader(nnUNetDataLoader):
+    """nnU-Net's training loader with a fixed split: the patches of unlabelled cases first, then
+    ``labelled_batch_size`` patches of labelled cases.
+
+    Foreground oversampling applies to the labelled part exactly as nnU-Net applies it to a batch of that size
+    (oversampling an all-ignore case would only crop it at random). With nnU-Net's independent draws the split is
+    binomial and the oversampled last slot lands on an unlabelled patch half of the time: on the demo data that
+    halved the labelled foreground-centred patches, and the thin vein class was not learned in 100 steps where the
+    same run without unlabelled patches learned it (BENCHMARKS.md, semi-supervised section). SSL4MIS fixes the
+    split the same way (``TwoStreamBatchSampler``).
+    """
+
+    def __init__(
+        self,
+        data,
+        batch_size: int,
+        *args,
+        labelled: list[str],
+        unlabelled: list[str],
+        labelled_batch_size: int,
+        **kwargs,
+    ) -> None:
+        super().__init__(data, batch_size, *args, **kwargs)
+        self.labelled, self.unlabelled = list(labelled), list(unlabelled)
+        if not self.unlabelled:
+            labelled_batch_size = batch_size
+        elif not self.labelled:
+            labelled_batch_size = 0
+        self.labelled_batch_size = min(labelled_batch_size, batch_size)
+        self.unlabelled_batch_size = batch_size - self.labelled_batch_size
+
+    def get_indices(self) -> list[str]:
+        return [
+            *np.random.choice(self.unlabelled, self.unlabelled_batch_size, replace=True),
+            *np.random.choice(self.labelled, self.labelled_batch_size, replace=True),
+        ]
+
+    def _oversample_last_XX_percent(self, sample_idx: int) -> bool:
+        j = sample_idx - self.unlabelled_batch_size
+        return j >= 0 and not j < round(self.labelled_batch_size * (1 - self.oversample_foreground_percent))
+
+    def _probabilistic_oversampling(self, sample_idx: int) -> bool:
+        return sample_idx >= self.unlabelled_batch_size and super()._probabilistic_oversampling(sample_idx)
+
+
+@contextlib.contextmanager
+def training_loader_override(choose: Callable[[object], Callable | None]) -> Iterator[None]:
+    """Within the block, nnU-Net builds the loader of a dataset with ``choose(dataset)`` when that is not None.
+
+    nnU-Net 2.8.1 constructs its loaders inline in ``nnUNetTrainer.get_dataloaders``, so the name it looks up is
+    swapped for the duration of that one call and restored after it.
+    """
+    from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as trainer_module
+
+    stock = trainer_module.nnUNetDataLoader
+
+    def loader(data, *args, **kwargs):
+        return (choose(data) or stock)(data, *args, **kwargs)
+
+    trainer_module.nnUNetDataLoader = loader
+    try:
+        yield
+    finally:
+        trainer_module.nnUNetDataLoader = stock
 
 
 class MeanTeacherMixin:
@@ -117,7 +180,7 @@ class MeanTeacherMixin:
         Option(
             "unlabelled_fraction",
             0.5,
-            "Mean Teacher: expected share of each batch drawn from unlabelled (all-ignore) cases.",
+            "Mean Teacher: share of each batch drawn from unlabelled (all-ignore) cases (rounded to whole patches).",
             "float",
             minimum=0.0,
             maximum=1.0,
@@ -161,9 +224,14 @@ class MeanTeacherMixin:
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()
+        if not self.fm_ssl:
+            return
         fraction = float(self.fm_option("unlabelled_fraction"))
-        if self.fm_ssl and self.fm_option("unlabelled_on_top") and fraction < 1:
-            self.fm_labelled_batch_size = self.batch_size
+        self.fm_plans_batch_size = self.batch_size
+        self.fm_labelled_batch_size = labelled_batch_size(
+            self.batch_size, fraction, self.fm_option("unlabelled_on_top")
+        )
+        if self.fm_option("unlabelled_on_top") and fraction < 1:
             self.batch_size = max(self.batch_size, round(self.batch_size / (1.0 - fraction)))
 
     def get_tr_and_val_datasets(self):
@@ -171,14 +239,45 @@ class MeanTeacherMixin:
         if self.fm_ssl:
             unlabelled = set(self.fm_unlabelled_cases(list(dataset_tr.identifiers)))
             labelled = [k for k in dataset_tr.identifiers if k not in unlabelled]
-            fraction = float(self.fm_option("unlabelled_fraction"))
-            dataset_tr.identifiers = weighted_identifiers(labelled, sorted(unlabelled), fraction)
-            self.print_to_log_file(
-                f"Mean Teacher: {len(labelled)} labelled + {len(unlabelled)} unlabelled training case(s), "
-                f"unlabelled share of each batch {fraction if unlabelled else 0.0} (expected), batch size "
-                f"{self.batch_size}"
-            )
+            if not unlabelled and self.fm_option("unlabelled_on_top"):
+                self.batch_size = self.fm_plans_batch_size  # nothing to put on top
+            self._fm_training_cases = (dataset_tr, labelled, sorted(unlabelled))
         return dataset_tr, dataset_val
+
+    def get_dataloaders(self):
+        if not self.fm_ssl:
+            return super().get_dataloaders()
+        self._fm_training_cases = None
+        built = []
+
+        def choose(data):
+            if self._fm_training_cases is None or data is not self._fm_training_cases[0]:
+                return None
+            _, labelled, unlabelled = self._fm_training_cases
+
+            def build(*args, **kwargs):
+                built.append(
+                    MeanTeacherDataLoader(
+                        *args,
+                        labelled=labelled,
+                        unlabelled=unlabelled,
+                        labelled_batch_size=self.fm_labelled_batch_size,
+                        **kwargs,
+                    )
+                )
+                return built[-1]
+
+            return build
+
+        with training_loader_override(choose):
+            loaders = super().get_dataloaders()
+        for loader in built:
+            self.print_to_log_file(
+                f"Mean Teacher: {len(loader.labelled)} labelled + {len(loader.unlabelled)} unlabelled training "
+                f"case(s); each batch of {loader.batch_size}: {loader.unlabelled_batch_size} unlabelled + "
+                f"{loader.labelled_batch_size} labelled patches"
+            )
+        return loaders
 
     def on_train_start(self):
         if self.fm_ssl and self._fm_options.get("two_pass") is not None and self.fm_option("two_pass"):
