@@ -62,3 +62,48 @@ def test_table_only_reads_the_finished_steps_and_trains_nothing(tmp_path):
     table = (tmp_path / "ssl_report.md").read_text()
     assert "| Mean Teacher (student) | 1 | 1 | 0.6000 ± 0.0000 |" in table and "s2: 0.7000" in table
     assert not list(tmp_path.rglob("Dataset*"))  # no dataset written, nothing trained
+
+
+def test_ablate_trains_one_configuration_with_the_report_schedule_and_records_it(tmp_path, monkeypatch):
+    import nnunet_fm.tools.ssl_report as ssl_report
+
+    calls = []
+
+    def fake_train(ws, dataset_id, trainer, settings, name, device, fold):
+        calls.append((dataset_id, trainer, settings, name, device, fold))
+        return {"per_class_dice": {"1": 0.9, "2": 0.4}, "mean_dice": 0.65}
+
+    monkeypatch.setattr(ssl_report, "train_config", fake_train)
+    main(
+        [
+            "--workdir",
+            str(tmp_path),
+            "--ablate",
+            "925",
+            "--name",
+            "3d_abl",
+            "--epochs",
+            "4",
+            "--set",
+            "ssl=mean_teacher",
+        ]
+    )
+    assert calls == [
+        (
+            925,
+            "nnUNetTrainerFMUNet",
+            [
+                "num_epochs=4",
+                "num_iterations_per_epoch=10",
+                "num_val_iterations_per_epoch=1",
+                "few_shot_k=null",
+                "ssl=mean_teacher",
+            ],
+            "3d_abl",
+            "cpu",
+            "all",
+        )
+    ]
+    record = json.loads((tmp_path / "ablations" / "3d_abl.json").read_text())
+    assert record["dataset"] == 925 and record["mean_dice"] == 0.65 and record["settings"][-1] == "ssl=mean_teacher"
+    assert not (tmp_path / "runs").exists()  # nothing of the report itself ran

@@ -2,6 +2,7 @@
 
     python -m nnunet_fm.tools.ssl_report --workdir ssl_run [--shots 1,3] [--seeds 0,1,2] [--unlabelled 6]
         [--epochs 10] [--iterations 10] [--teacher-epochs 6] [--device cpu]
+    python -m nnunet_fm.tools.ssl_report --workdir ssl_run --ablate 925 --name 3d_abl --set ssl=mean_teacher ...
 
 For every K and seed (the seed picks the K labelled cases, ``few_shot_seed``), on one synthetic vessel dataset:
 
@@ -16,7 +17,9 @@ For every K and seed (the seed picks the K labelled cases, ``few_shot_seed``), o
 3. every model evaluated on the demo test set; the Mean Teacher models twice, with the teacher (what
    ``nnUNetv2_predict`` uses by default) and with the student (``nnunet-fm predict-with student``). Writes
    ``ssl_report.json`` / ``ssl_report.md`` (mean ± std over seeds per K and method) and keeps each finished step in
-   ``runs/`` so an interrupted report continues.
+   ``runs/`` so an interrupted report continues. ``--ablate DATASET --name NAME --set KEY=VALUE ...`` trains one
+student configuration on a dataset of the work folder (fold all, the report's schedule, ``few_shot_k=null`` plus the
+settings) and writes its test Dice to ``ablations/NAME.json`` (the batch-composition runs of BENCHMARKS.md).
 
 Mean Teacher runs with the hook's defaults (the SSL4MIS recipe, ``nnunet_fm/hooks/mean_teacher.py``); every
 student gets the same number of optimiser steps.
@@ -196,6 +199,15 @@ def summarise(records: list[dict]) -> list[list[str]]:
     return rows
 
 
+def ablation(ws: Workspace, dataset_id: int, name: str, settings: list[str], args: argparse.Namespace) -> dict:
+    """One student configuration with extra ``settings`` on a dataset of the work folder; scores in ablations/."""
+    settings = [*_schedule(args.epochs, args.iterations), "few_shot_k=null", *settings]
+    scores = train_config(ws, dataset_id, args.student, settings, name, args.device, fold="all")
+    record = {"dataset": dataset_id, "settings": settings, **scores}
+    atomic_write_json(ws.root / "ablations" / f"{name}.json", record)
+    return record
+
+
 def to_markdown(records: list[dict]) -> str:
     header = ["method", "K", "seeds", "mean Dice", "artery", "vein", "per seed (mean Dice)"]
     return markdown_table(header, summarise(records))
@@ -215,9 +227,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--voxel-threshold", type=float, default=0.7)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--table-only", action="store_true", help="write the table from finished runs; train nothing")
+    parser.add_argument("--ablate", type=int, metavar="DATASET", help="train one configuration on this dataset only")
+    parser.add_argument("--name", default="3d_ablation", help="--ablate: the configuration name")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="--ablate: extra plans settings")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir).resolve()
     ws = Workspace(workdir, log=workdir / "commands.log")
+    if args.ablate is not None:
+        print(json.dumps(ablation(ws, args.ablate, args.name, args.set, args), indent=2))
+        return
     shots = [int(k) for k in args.shots.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     if not args.table_only:
