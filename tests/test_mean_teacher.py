@@ -405,3 +405,20 @@ def test_mean_teacher_through_stock_commands_on_a_dataset_with_unlabelled_cases(
     predictions = sorted(out.glob("*.nii.gz"))
     assert len(predictions) == 2
     assert all(set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(p))))) <= {0, 1, 2} for p in predictions)
+
+
+def test_gradient_norms_measure_the_two_terms_of_the_step():
+    from nnunet_fm.tools.mt_gradients import gradient_norms
+
+    trainer = _Trainer(consistency_noise=0.0)
+    batch = _batch()
+    plain = torch.autograd.grad(
+        trainer.loss(trainer.network(batch["data"]), batch["target"]), trainer.network.parameters()
+    )
+    supervised, consistency = gradient_norms(trainer, batch, 1.0)
+    assert supervised == pytest.approx(float(torch.sqrt(sum((g**2).sum() for g in plain))), rel=1e-5)
+    assert consistency == 0.0  # teacher == student, same input: the softmax maps agree exactly
+    trainer._fm_teacher = {n: t + 0.5 for n, t in trainer._fm_teacher.items()}
+    _, pulled = gradient_norms(trainer, batch, 1.0)
+    _, half = gradient_norms(trainer, batch, 0.5)
+    assert pulled > 0 and half == pytest.approx(pulled / 2, rel=1e-5)
