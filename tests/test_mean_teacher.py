@@ -422,3 +422,14 @@ def test_gradient_norms_measure_the_two_terms_of_the_step():
     _, pulled = gradient_norms(trainer, batch, 1.0)
     _, half = gradient_norms(trainer, batch, 0.5)
     assert pulled > 0 and half == pytest.approx(pulled / 2, rel=1e-5)
+
+
+def test_class_shares_count_the_labelled_patches_only():
+    from nnunet_fm.tools.mt_gradients import class_shares
+
+    target = torch.zeros(2, 1, 2, 2, 2, dtype=torch.int16)
+    target[0, 0, 0] = 2  # labelled patch: 4 of 8 voxels vein
+    target[1] = IGNORE  # the unlabelled case's patch
+    batches = iter([{"target": target, "keys": ["case_a", "ul_b"]}] * 3)
+    shares = class_shares(batches, 3, [0, 1, 2, IGNORE], unlabelled={"ul_b"})
+    assert shares == {0: 0.5, 1: 0.0, 2: 0.5, IGNORE: 0.0}

@@ -1,11 +1,14 @@
 """How much a trained Mean Teacher model's consistency term pulls, against its supervised loss.
 
     python -m nnunet_fm.tools.mt_gradients -d 925 -c 3d_sfr_k1_s1 [-f all] [--batches 3] [--weight 0.1]
+    python -m nnunet_fm.tools.mt_gradients -d 923 -c 3d_self-training_k1_s1 --class-shares 60
 
 Loads the fold's final checkpoint (student and teacher), draws training batches through the trainer's own loader
 and prints, per batch, the gradient norms of the supervised loss and of ``weight x consistency`` with respect to
 the student's trainable parameters (``weight`` defaults to the plans' ``consistency_weight``, the end of the ramp).
-BENCHMARKS.md, semi-supervised section, quotes it. Needs nnU-Net's environment variables.
+``--class-shares N`` instead prints the mean share of each label among the voxels of the labelled patches of N
+training batches (any plugin trainer, no checkpoint needed): what the supervised loss sees, to compare loaders.
+BENCHMARKS.md, semi-supervised section, quotes both. Needs nnU-Net's environment variables.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from nnunet_fm.hooks.mean_teacher import consistency_loss, teacher_view
@@ -39,6 +43,21 @@ def gradient_norms(trainer, batch: dict, weight: float) -> tuple[float, float]:
     return norms[0], norms[1]
 
 
+def class_shares(batches, num_batches: int, labels: list[int], unlabelled: set[str]) -> dict[int, float]:
+    """Mean share of each label among the voxels of the labelled patches (cases not in ``unlabelled``)."""
+    counts, total = dict.fromkeys(labels, 0), 0
+    for _ in range(num_batches):
+        batch = next(batches)
+        target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
+        for j, key in enumerate(batch["keys"]):
+            if str(key) in unlabelled:
+                continue
+            total += target[j].numel()
+            for label in labels:
+                counts[label] += int((target[j] == label).sum())
+    return {int(label): count / max(total, 1) for label, count in counts.items()}
+
+
 def load_trainer(dataset: str, configuration: str, fold: str, trainer_name: str):
     """A plugin trainer for a preprocessed dataset, as ``nnUNetv2_train`` builds it (CPU)."""
     from nnunetv2.paths import nnUNet_preprocessed
@@ -61,11 +80,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-tr", "--trainer", default="nnUNetTrainerFMUNet")
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--weight", type=float, default=None, help="consistency weight (default: the plans')")
+    parser.add_argument("--class-shares", type=int, metavar="N", help="label shares of N batches' labelled patches")
     args = parser.parse_args(argv)
     os.environ["nnUNet_n_proc_DA"] = "0"
     trainer = load_trainer(args.dataset, args.configuration, args.fold, args.trainer)
     trainer.on_train_start()
     try:
+        if args.class_shares:
+            np.random.seed(0)
+            ignore = trainer.label_manager.ignore_label
+            labels = sorted({*trainer.label_manager.all_labels, *([] if ignore is None else [ignore])})
+            unlabelled = {k for k, v in getattr(trainer, "_fm_unlabelled_cache", {}).items() if v}
+            shares = class_shares(trainer.dataloader_train, args.class_shares, labels, unlabelled)
+            print(json.dumps({"batches": args.class_shares, "shares": shares}))
+            return
         trainer.load_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))
         weight = float(trainer.fm_option("consistency_weight")) if args.weight is None else args.weight
         torch.manual_seed(0)
