@@ -317,6 +317,13 @@ class MeanTeacherMixin:
     def forward_backward(self, data: torch.Tensor, target) -> torch.Tensor:
         if not self.fm_ssl:
             return super().forward_backward(data, target)
+        supervised, consistency = self.fm_step_losses(data, target)
+        loss = supervised + self.fm_consistency_weight() * consistency
+        self.scale_loss(loss).backward()
+        return loss
+
+    def fm_step_losses(self, data: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's supervised loss and its (unweighted) consistency loss, both with the student's graph."""
         with self.fm_autocast():
             student = self.network(data)
             supervised = self.fm_supervised_loss(student, target)
@@ -324,9 +331,7 @@ class MeanTeacherMixin:
         # teacher's weights live in the same Parameter objects, so inside the student's region it would reuse them
         with torch.no_grad(), self.fm_teacher_weights(), self.fm_autocast():
             teacher = self.network(teacher_view(data, float(self.fm_option("consistency_noise"))))
-        loss = supervised + self.fm_consistency_weight() * consistency_loss(student, teacher)
-        self.scale_loss(loss).backward()
-        return loss
+        return supervised, consistency_loss(student, teacher)
 
     def fm_supervised_loss(self, student, target) -> torch.Tensor:
         """The loss over the patches of labelled cases only (SSL4MIS l. 150-153: ``outputs[:labeled_bs]``).

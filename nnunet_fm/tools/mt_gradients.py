@@ -21,21 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnunet_fm.hooks.mean_teacher import consistency_loss, teacher_view
+from nnunet_fm.plans import plans_path, read_plans
 
 
 def gradient_norms(trainer, batch: dict, weight: float) -> tuple[float, float]:
     """Norms of the supervised and of the weighted consistency gradient of one batch (the step's own terms)."""
-    params = [p for p in trainer._fm_trainable().values()]
+    params = list(trainer._fm_trainable().values())
     trainer._fm_batch_keys = batch.get("keys")
     try:
-        student = trainer.network(batch["data"])
-        supervised = trainer.fm_supervised_loss(student, batch["target"])
-        with torch.no_grad(), trainer.fm_teacher_weights():
-            teacher = trainer.network(teacher_view(batch["data"], float(trainer.fm_option("consistency_noise"))))
-        consistency = weight * consistency_loss(student, teacher)
+        supervised, consistency = trainer.fm_step_losses(batch["data"], batch["target"])
         norms = []
-        for loss, keep in ((supervised, True), (consistency, False)):
+        for loss, keep in ((supervised, True), (weight * consistency, False)):
             grads = torch.autograd.grad(loss, params, retain_graph=keep, allow_unused=True)
             norms.append(float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))))
     finally:
@@ -60,14 +56,11 @@ def class_shares(batches, num_batches: int, labels: list[int], unlabelled: set[s
 
 def load_trainer(dataset: str, configuration: str, fold: str, trainer_name: str):
     """A plugin trainer for a preprocessed dataset, as ``nnUNetv2_train`` builds it (CPU)."""
-    from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
     from nnunet_fm.ext_trainers import nnunet_fm_trainers
 
-    folder = Path(nnUNet_preprocessed) / maybe_convert_to_dataset_name(dataset)
-    plans = {**json.loads((folder / "nnUNetPlans.json").read_text()), "continue_training": False}
-    dataset_json = json.loads((folder / "dataset.json").read_text())
+    path = plans_path(dataset)
+    plans = {**read_plans(path), "continue_training": False}
+    dataset_json = json.loads((path.parent / "dataset.json").read_text())
     trainer_class = getattr(nnunet_fm_trainers, trainer_name)
     return trainer_class(plans, configuration, fold if fold == "all" else int(fold), dataset_json, torch.device("cpu"))
 
@@ -86,8 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     trainer = load_trainer(args.dataset, args.configuration, args.fold, args.trainer)
     trainer.on_train_start()
     try:
+        np.random.seed(0)  # the loader's draws
+        torch.manual_seed(0)  # the teacher's input noise
         if args.class_shares:
-            np.random.seed(0)
             ignore = trainer.label_manager.ignore_label
             labels = sorted({*trainer.label_manager.all_labels, *([] if ignore is None else [ignore])})
             unlabelled = {k for k, v in getattr(trainer, "_fm_unlabelled_cache", {}).items() if v}
@@ -96,7 +90,6 @@ def main(argv: list[str] | None = None) -> None:
             return
         trainer.load_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))
         weight = float(trainer.fm_option("consistency_weight")) if args.weight is None else args.weight
-        torch.manual_seed(0)
         for i in range(args.batches):
             batch = next(trainer.dataloader_train)
             supervised, consistency = gradient_norms(trainer, batch, weight)
