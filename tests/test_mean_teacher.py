@@ -358,6 +358,42 @@ def test_checkpoint_round_trip_restores_student_and_teacher(nnunet_env, tmp_path
         trainer.dataloader_train = trainer.dataloader_val = None
 
 
+def test_without_consistency_a_real_step_with_unlabelled_rows_equals_the_plain_step_on_the_labelled_rows(nnunet_env):
+    """nnU-Net's U-Net (instance norm) and loss, a batch of 2 unlabelled + 2 labelled patches, a teacher that
+    differs from the student: with consistency_weight 0 the step's gradient is the plain step's on the labelled
+    rows, bit for bit. Rules out the weight swap and the 4-row forward as a cost of Mean Teacher (BENCHMARKS.md)."""
+    from nnunet_fm.ext_trainers.nnunet_fm_trainers import nnUNetTrainerFMUNet
+    from nnunet_fm.plans import add_configuration
+
+    settings = {"ssl": "mean_teacher", "consistency_weight": 0.0, "few_shot_k": None}
+    add_configuration(DATASET_ID, "unet_fewshot", name="3d_mt_step", overrides=settings)
+    folder = nnunet_env.preprocessed / nnunet_env.dataset_folder(DATASET_ID).name
+    plans = {**json.loads((folder / "nnUNetPlans.json").read_text()), "continue_training": False}
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    trainer = nnUNetTrainerFMUNet(plans, "3d_mt_step", 0, dataset_json, torch.device("cpu"))
+    trainer.initialize()
+    torch.manual_seed(0)
+    trainer._fm_teacher = {n: p.detach() + 0.1 * torch.randn_like(p) for n, p in trainer._fm_trainable().items()}
+    shape = (4, 1, *trainer.configuration_manager.patch_size)
+    data = torch.randn(shape)
+    target = torch.randint(0, 3, shape).float()
+    target[:2] = IGNORE
+    trainer._fm_unlabelled_cache = {"ul_a": True, "ul_b": True, "case_a": False, "case_b": False}
+    trainer._fm_batch_keys = ["ul_a", "ul_b", "case_a", "case_b"]
+    trainer.forward_backward(data, target)
+    step = {n: p.grad.clone() for n, p in trainer.network.named_parameters() if p.grad is not None}
+    trainer.network.zero_grad(set_to_none=True)
+    trainer.loss(trainer.network(data[2:]), target[2:]).backward()
+    plain = {n: p.grad for n, p in trainer.network.named_parameters() if p.grad is not None}
+    assert step.keys() == plain.keys() and len(plain) > 10
+    for n, g in plain.items():
+        torch.testing.assert_close(step[n], g, rtol=0, atol=0)
+    teacher = {n: t.clone() for n, t in trainer._fm_teacher.items()}
+    trainer.forward_backward(data, target)  # the teacher pass leaves the student's and the teacher's tensors alone
+    for n, p in trainer._fm_trainable().items():
+        assert torch.equal(trainer._fm_teacher[n], teacher[n]) and not torch.equal(p.detach(), teacher[n])
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_mean_teacher_through_stock_commands_on_a_dataset_with_unlabelled_cases(planned_workspace, tmp_path):
