@@ -107,3 +107,25 @@ def test_ablate_trains_one_configuration_with_the_report_schedule_and_records_it
     record = json.loads((tmp_path / "ablations" / "3d_abl.json").read_text())
     assert record["dataset"] == 925 and record["mean_dice"] == 0.65 and record["settings"][-1] == "ssl=mean_teacher"
     assert not (tmp_path / "runs").exists()  # nothing of the report itself ran
+
+
+def test_ablations_table_groups_repeats_and_reports_mean_and_std(tmp_path, capsys):
+    folder = tmp_path / "ablations"
+    folder.mkdir()
+    schedule = ["num_epochs=10", "num_iterations_per_epoch=10", "num_val_iterations_per_epoch=1", "few_shot_k=null"]
+    for name, dataset, extra, dice in (
+        ("3d_aa", 942, ["ssl=mean_teacher", "consistency_weight=0"], (0.9, 0.5)),
+        ("3d_aa_r1", 942, ["ssl=mean_teacher", "consistency_weight=0"], (0.9, 0.9)),
+        ("3d_st_r1", 940, [], (0.8, 0.6)),
+    ):
+        record = {"dataset": dataset, "settings": [*schedule, *extra], "per_class_dice": dict(zip("12", dice))}
+        (folder / f"{name}.json").write_text(json.dumps({**record, "mean_dice": sum(dice) / 2}))
+    (folder / "notes.json").write_text("{}")  # not a training record: left out
+    main(["--workdir", str(tmp_path), "--ablations-table"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4  # header, rule, two groups
+    assert lines[2] == (
+        "| 3d_aa | 942 | ssl=mean_teacher consistency_weight=0 | 2 | 0.8000 ± 0.1000 | 0.9000 ± 0.0000 "
+        "| 0.7000 ± 0.2000 | 0.7000, 0.9000 |"
+    )
+    assert lines[3].startswith("| 3d_st | 940 | (none) | 1 | 0.7000 ± 0.0000 |")

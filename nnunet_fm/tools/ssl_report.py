@@ -19,7 +19,8 @@ For every K and seed (the seed picks the K labelled cases, ``few_shot_seed``), o
    ``ssl_report.json`` / ``ssl_report.md`` (mean ± std over seeds per K and method) and keeps each finished step in
    ``runs/`` so an interrupted report continues. ``--ablate DATASET --name NAME --set KEY=VALUE ...`` trains one
 student configuration on a dataset of the work folder (fold all, the report's schedule, ``few_shot_k=null`` plus the
-settings) and writes its test Dice to ``ablations/NAME.json`` (the batch-composition runs of BENCHMARKS.md).
+settings) and writes its test Dice to ``ablations/NAME.json`` (the batch-composition runs of BENCHMARKS.md);
+``--ablations-table`` prints them, runs named ``NAME_r<N>`` grouped with ``NAME`` as repeats (mean ± std).
 
 Mean Teacher runs with the hook's defaults (the SSL4MIS recipe, ``nnunet_fm/hooks/mean_teacher.py``); every
 student gets the same number of optimiser steps.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from collections.abc import Callable
 from functools import partial
@@ -208,6 +210,27 @@ def ablation(ws: Workspace, dataset_id: int, name: str, settings: list[str], arg
     return record
 
 
+def ablation_rows(ws: Workspace) -> list[list[str]]:
+    """One row per ablation group (names equal up to a ``_r<N>`` repeat suffix): runs, mean ± std, each run."""
+    groups: dict[str, list[tuple[str, dict]]] = {}
+    for path in sorted((ws.root / "ablations").glob("*.json")):
+        record = json.loads(path.read_text())
+        if "mean_dice" in record:
+            groups.setdefault(re.sub(r"_r\d+$", "", path.stem), []).append((path.stem, record))
+    rows = []
+    for stem, runs in groups.items():
+        extra = runs[0][1]["settings"][len(_schedule(0, 0)) + 1 :]  # after the schedule and few_shot_k=null
+        cells = [stem, str(runs[0][1]["dataset"]), " ".join(extra) or "(none)", str(len(runs))]
+        for values in (
+            [r["mean_dice"] for _, r in runs],
+            *([r["per_class_dice"].get(c, 0.0) for _, r in runs] for c in ("1", "2")),
+        ):
+            cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}")
+        cells.append(", ".join(f"{r['mean_dice']:.4f}" for _, r in runs))
+        rows.append(cells)
+    return rows
+
+
 def to_markdown(records: list[dict]) -> str:
     header = ["method", "K", "seeds", "mean Dice", "artery", "vein", "per seed (mean Dice)"]
     return markdown_table(header, summarise(records))
@@ -229,10 +252,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table-only", action="store_true", help="write the table from finished runs; train nothing")
     parser.add_argument("--ablate", type=int, metavar="DATASET", help="train one configuration on this dataset only")
     parser.add_argument("--name", default="3d_ablation", help="--ablate: the configuration name")
+    parser.add_argument(
+        "--ablations-table", action="store_true", help="print the ablations/ records, repeats (_r<N>) grouped"
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="--ablate: extra plans settings")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir).resolve()
     ws = Workspace(workdir, log=workdir / "commands.log")
+    if args.ablations_table:
+        header = ["ablation", "dataset", "settings", "runs", "mean Dice", "artery", "vein", "per run (mean Dice)"]
+        print(markdown_table(header, ablation_rows(ws)))
+        return
     if args.ablate is not None:
         print(json.dumps(ablation(ws, args.ablate, args.name, args.set, args), indent=2))
         return
