@@ -296,6 +296,20 @@ class MeanTeacherMixin:
 
         return {n: p for n, p in unwrap(self.network).named_parameters() if p.requires_grad}
 
+    def fm_trainable_state(self) -> dict[str, torch.Tensor]:
+        """The network's ``state_dict`` entries of trainable parameters under every name they have.
+
+        Modules reachable by two paths put one parameter under several keys (dynamic-network-architectures'
+        ``all_modules.0`` / ``conv``, the decoder's ``encoder``: 4 keys per encoder convolution), while
+        ``named_parameters`` names it once; a checkpoint whose keys for one parameter disagree loads whichever
+        comes last. Aliases share storage, so saving them costs nothing.
+        """
+        from nnunet_fm.network_contract import unwrap
+
+        trainable = {id(p) for p in self._fm_trainable().values()}
+        state = unwrap(self.network).state_dict(keep_vars=True)
+        return {k: v.detach() for k, v in state.items() if id(v) in trainable}
+
     @contextlib.contextmanager
     def fm_teacher_weights(self) -> Iterator[None]:
         """The network with the teacher's parameters (frozen parameters untouched), student restored after."""
@@ -379,13 +393,15 @@ class MeanTeacherMixin:
             super().save_checkpoint(filename)  # network_weights = the weights prediction uses
         if not os.path.isfile(filename) or self.local_rank != 0 or self.disable_checkpointing:
             return
-        other = {n: p.detach().clone() for n, p in self._fm_trainable().items()} if to_teacher else self._fm_teacher
-        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
-        checkpoint[CHECKPOINT_KEY] = {
-            "network_weights_are": "teacher" if to_teacher else "student",
-            "other_trainable": {n: t.cpu() for n, t in other.items()},
-            "ema_step": self._fm_ema_step,
-        }
+        with contextlib.nullcontext() if to_teacher else self.fm_teacher_weights():
+            other = self.fm_trainable_state()  # read before the next step changes the student in place
+            checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+            checkpoint[CHECKPOINT_KEY] = {
+                "network_weights_are": "teacher" if to_teacher else "student",
+                "other_trainable": _to_cpu_keeping_aliases(other),
+                "other_has_aliases": True,
+                "ema_step": self._fm_ema_step,
+            }
         atomic_torch_save(checkpoint, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
@@ -412,6 +428,41 @@ class MeanTeacherMixin:
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
 
 
+def _to_cpu_keeping_aliases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` on the CPU, keys that share a tensor on the device sharing one CPU copy (saved once)."""
+    copies: dict[tuple, torch.Tensor] = {}
+    result = {}
+    for key, tensor in state.items():
+        where = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape)
+        if where not in copies:
+            copies[where] = tensor.cpu()
+        result[key] = copies[where]
+    return result
+
+
+def _with_aliases(weights: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``other`` of a checkpoint before 2026-11-30 (one key per parameter) extended to every key of the parameter.
+
+    A key aliases ``name`` when it shares its storage (``torch.save`` keeps sharing) or, for a parameter whose two
+    sets differ, holds exactly the value of either set (the earlier switch wrote ``name`` only). Each alias of
+    ``weights`` is set to the value under ``name`` (the set the file says it holds); parameters whose two sets are
+    equal need no alias, either value is right.
+    """
+    full = dict(other)
+    for name, tensor in other.items():
+        current = weights[name]
+        trained = not torch.equal(current, tensor)
+        for key, value in list(weights.items()):
+            if key in full or value.shape != current.shape:
+                continue
+            shared = value.untyped_storage().data_ptr() == current.untyped_storage().data_ptr() and (
+                value.storage_offset() == current.storage_offset()
+            )
+            if shared or (trained and (torch.equal(value, current) or torch.equal(value, tensor))):
+                full[key], weights[key] = tensor, current
+    return full
+
+
 def switch_checkpoint_weights(checkpoint_file: str | Path, use: str) -> bool:
     """Make ``network_weights`` of a Mean Teacher checkpoint hold the ``use`` ('teacher'/'student') weights.
 
@@ -430,8 +481,11 @@ def switch_checkpoint_weights(checkpoint_file: str | Path, use: str) -> bool:
     if saved["network_weights_are"] == use:
         return False
     weights, other = checkpoint["network_weights"], saved["other_trainable"]
-    for name, tensor in other.items():
-        other[name], weights[name] = weights[name], tensor
+    if not saved.get("other_has_aliases"):
+        other = saved["other_trainable"] = _with_aliases(weights, other)
+        saved["other_has_aliases"] = True
+    for key, tensor in other.items():
+        other[key], weights[key] = weights[key], tensor
     saved["network_weights_are"] = use
     atomic_torch_save(checkpoint, checkpoint_file)
     return True
