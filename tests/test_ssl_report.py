@@ -74,6 +74,7 @@ def test_ablate_trains_one_configuration_with_the_report_schedule_and_records_it
         return {"per_class_dice": {"1": 0.9, "2": 0.4}, "mean_dice": 0.65}
 
     monkeypatch.setattr(ssl_report, "train_config", fake_train)
+    monkeypatch.setattr(ssl_report, "student_scores", lambda *a: {"per_class_dice": {"1": 0.9}, "mean_dice": 0.7})
     main(
         [
             "--workdir",
@@ -106,6 +107,7 @@ def test_ablate_trains_one_configuration_with_the_report_schedule_and_records_it
     ]
     record = json.loads((tmp_path / "ablations" / "3d_abl.json").read_text())
     assert record["dataset"] == 925 and record["mean_dice"] == 0.65 and record["settings"][-1] == "ssl=mean_teacher"
+    assert record["student"]["mean_dice"] == 0.7  # a Mean Teacher run is scored with its student too
     assert not (tmp_path / "runs").exists()  # nothing of the report itself ran
 
 
@@ -116,16 +118,21 @@ def test_ablations_table_groups_repeats_and_reports_mean_and_std(tmp_path, capsy
     for name, dataset, extra, dice in (
         ("3d_aa", 942, ["ssl=mean_teacher", "consistency_weight=0"], (0.9, 0.5)),
         ("3d_aa_r1", 942, ["ssl=mean_teacher", "consistency_weight=0"], (0.9, 0.9)),
+        ("3d_mt", 941, ["ssl=mean_teacher"], (0.6, 0.4)),
         ("3d_st_r1", 940, [], (0.8, 0.6)),
     ):
         record = {"dataset": dataset, "settings": [*schedule, *extra], "per_class_dice": dict(zip("12", dice))}
+        if name == "3d_mt":
+            record["student"] = {"per_class_dice": {"1": 0.8, "2": 0.8}, "mean_dice": 0.8}
         (folder / f"{name}.json").write_text(json.dumps({**record, "mean_dice": sum(dice) / 2}))
     (folder / "notes.json").write_text("{}")  # not a training record: left out
     main(["--workdir", str(tmp_path), "--ablations-table"])
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4  # header, rule, two groups
+    assert len(lines) == 6  # header, rule, three groups and the student of the Mean Teacher run
+    assert lines[3].startswith("| 3d_mt | 941 | ssl=mean_teacher | 1 | 0.5000 ± 0.0000 |")
+    assert lines[4].startswith("| 3d_mt (student) | 941 | ssl=mean_teacher | 1 | 0.8000 ± 0.0000 |")
     assert lines[2] == (
         "| 3d_aa | 942 | ssl=mean_teacher consistency_weight=0 | 2 | 0.8000 ± 0.1000 | 0.9000 ± 0.0000 "
         "| 0.7000 ± 0.2000 | 0.7000, 0.9000 |"
     )
-    assert lines[3].startswith("| 3d_st | 940 | (none) | 1 | 0.7000 ± 0.0000 |")
+    assert lines[5].startswith("| 3d_st | 940 | (none) | 1 | 0.7000 ± 0.0000 |")

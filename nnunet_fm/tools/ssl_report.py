@@ -19,7 +19,8 @@ For every K and seed (the seed picks the K labelled cases, ``few_shot_seed``), o
    ``ssl_report.json`` / ``ssl_report.md`` (mean ± std over seeds per K and method) and keeps each finished step in
    ``runs/`` so an interrupted report continues. ``--ablate DATASET --name NAME --set KEY=VALUE ...`` trains one
 student configuration on a dataset of the work folder (fold all, the report's schedule, ``few_shot_k=null`` plus the
-settings) and writes its test Dice to ``ablations/NAME.json`` (the batch-composition runs of BENCHMARKS.md);
+settings) and writes its test Dice to ``ablations/NAME.json`` (with ``ssl=mean_teacher``: the teacher's and the
+student's; the batch-composition runs of BENCHMARKS.md);
 ``--ablations-table`` prints them, runs named ``NAME_r<N>`` grouped with ``NAME`` as repeats (mean ± std).
 
 Mean Teacher runs with the hook's defaults (the SSL4MIS recipe, ``nnunet_fm/hooks/mean_teacher.py``); every
@@ -206,6 +207,8 @@ def ablation(ws: Workspace, dataset_id: int, name: str, settings: list[str], arg
     settings = [*_schedule(args.epochs, args.iterations), "few_shot_k=null", *settings]
     scores = train_config(ws, dataset_id, args.student, settings, name, args.device, fold="all")
     record = {"dataset": dataset_id, "settings": settings, **scores}
+    if "ssl=mean_teacher" in settings:  # the checkpoint predicts with the teacher; score the student too
+        record["student"] = student_scores(ws, dataset_id, name, args.student, args.device)
     atomic_write_json(ws.root / "ablations" / f"{name}.json", record)
     return record
 
@@ -216,7 +219,10 @@ def ablation_rows(ws: Workspace) -> list[list[str]]:
     for path in sorted((ws.root / "ablations").glob("*.json")):
         record = json.loads(path.read_text())
         if "mean_dice" in record:
-            groups.setdefault(re.sub(r"_r\d+$", "", path.stem), []).append((path.stem, record))
+            stem = re.sub(r"_r\d+$", "", path.stem)
+            groups.setdefault(stem, []).append((path.stem, record))
+            if "student" in record:
+                groups.setdefault(stem + STUDENT, []).append((path.stem, {**record, **record["student"]}))
     rows = []
     for stem, runs in groups.items():
         extra = runs[0][1]["settings"][len(_schedule(0, 0)) + 1 :]  # after the schedule and few_shot_k=null
