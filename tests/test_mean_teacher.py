@@ -1,5 +1,6 @@
 """Mean Teacher hook and unlabelled cases (all-ignore label maps) with numbers."""
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -314,6 +315,7 @@ def test_checkpoint_round_trip_restores_student_and_teacher(nnunet_env, tmp_path
         "num_iterations_per_epoch": 1,
         "num_val_iterations_per_epoch": 1,
         "few_shot_k": 3,
+        "predict_with": "teacher",  # the default (student) is checked below
     }
     add_configuration(DATASET_ID, "unet_fewshot", name="3d_mt_ckpt", overrides=settings)
     folder = nnunet_env.preprocessed / nnunet_env.dataset_folder(DATASET_ID).name
@@ -347,6 +349,16 @@ def test_checkpoint_round_trip_restores_student_and_teacher(nnunet_env, tmp_path
         for n, p in trainer._fm_trainable().items():
             assert torch.equal(p.detach(), student[n]) and torch.equal(trainer._fm_teacher[n], teacher[n])
         assert trainer._fm_ema_step == 2
+        default = MeanTeacherMixin.fm_options[-1]
+        assert default.name == "predict_with" and default.default == "student"
+        trainer._fm_options["predict_with"] = dataclasses.replace(trainer._fm_options["predict_with"], value="student")
+        trainer.save_checkpoint(str(tmp_path / "student.pth"))
+        as_student = torch.load(tmp_path / "student.pth", weights_only=False)
+        assert as_student[CHECKPOINT_KEY]["network_weights_are"] == "student"
+        assert _loaded(trainer, as_student["network_weights"], student) == student.keys()
+        other = as_student["network_weights"] | as_student[CHECKPOINT_KEY]["other_trainable"]
+        assert _loaded(trainer, other, teacher) == teacher.keys()
+        trainer.load_checkpoint(str(path))
         # nnunet-fm predict-with student / teacher: swaps the sets in place, nothing lost
         original = path.read_bytes()
         fold = tmp_path / "model" / "fold_0"
@@ -474,7 +486,7 @@ def test_mean_teacher_through_stock_commands_on_a_dataset_with_unlabelled_cases(
     assert "Mean Teacher: 5 labelled + 2 unlabelled training case(s); each batch of 4: 2 unlabelled + 2 labelled" in log
     checkpoint = torch.load(fold / "checkpoint_final.pth", weights_only=False)
     assert (
-        checkpoint[CHECKPOINT_KEY]["network_weights_are"] == "teacher" and checkpoint[CHECKPOINT_KEY]["ema_step"] == 4
+        checkpoint[CHECKPOINT_KEY]["network_weights_are"] == "student" and checkpoint[CHECKPOINT_KEY]["ema_step"] == 4
     )
     out = predict(ws, 779, configuration, "nnUNetTrainerFMUNet", "all", tmp_path / "predictions")
     predictions = sorted(out.glob("*.nii.gz"))

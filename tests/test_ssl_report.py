@@ -99,6 +99,7 @@ def test_ablate_trains_one_configuration_with_the_report_schedule_and_records_it
                 "num_val_iterations_per_epoch=1",
                 "few_shot_k=null",
                 "ssl=mean_teacher",
+                "predict_with=teacher",  # the record is the teacher's, the student is scored by switching
             ],
             "3d_abl",
             "cpu",
@@ -106,7 +107,7 @@ def test_ablate_trains_one_configuration_with_the_report_schedule_and_records_it
         )
     ]
     record = json.loads((tmp_path / "ablations" / "3d_abl.json").read_text())
-    assert record["dataset"] == 925 and record["mean_dice"] == 0.65 and record["settings"][-1] == "ssl=mean_teacher"
+    assert record["dataset"] == 925 and record["mean_dice"] == 0.65 and record["settings"][-2] == "ssl=mean_teacher"
     assert record["student"]["mean_dice"] == 0.7  # a Mean Teacher run is scored with its student too
     assert not (tmp_path / "runs").exists()  # nothing of the report itself ran
 

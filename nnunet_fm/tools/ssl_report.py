@@ -51,6 +51,8 @@ SOURCE_ID = 905
 TRAINED = ("labelled only", "self-training", "Mean Teacher", "Mean Teacher + FFA pseudo-labels")
 STUDENT = " (student)"
 METHODS = (*TRAINED[:3], TRAINED[2] + STUDENT, TRAINED[3], TRAINED[3] + STUDENT)
+#: Mean Teacher rows: the checkpoint holds the teacher (the row), the student is scored by switching to it
+MEAN_TEACHER = ("ssl=mean_teacher", "predict_with=teacher")
 #: configuration names differ per method, so prediction folders (named trainer__configuration__fold) never clash
 CONFIGURATION_PREFIX = dict(zip(TRAINED, ("labelled", "self-training", "mt", "sfr")))
 
@@ -160,8 +162,8 @@ def run_seed(ws: Workspace, source: Path, shots: int, seed: int, args: argparse.
     plans = {
         TRAINED[0]: (SOURCE_ID, [*schedule, *pick], 0),
         TRAINED[1]: (ids[TRAINED[1]], everything, "all"),
-        TRAINED[2]: (ids[TRAINED[2]], [*everything, "ssl=mean_teacher"], "all"),
-        TRAINED[3]: (ids[TRAINED[3]], [*everything, "ssl=mean_teacher"], "all"),
+        TRAINED[2]: (ids[TRAINED[2]], [*everything, *MEAN_TEACHER], "all"),
+        TRAINED[3]: (ids[TRAINED[3]], [*everything, *MEAN_TEACHER], "all"),
     }
     records = []
     for method in TRAINED:
@@ -172,7 +174,7 @@ def run_seed(ws: Workspace, source: Path, shots: int, seed: int, args: argparse.
             partial(train_config, ws, dataset_id, student, settings, name, args.device, fold=fold),
         )
         records.append({"method": method, "shots": shots, "seed": seed, **scores})
-        if "ssl=mean_teacher" in settings:
+        if MEAN_TEACHER[0] in settings:
             scores = _cached(
                 _step_file(cache, method + STUDENT),
                 partial(student_scores, ws, dataset_id, name, student, args.device),
@@ -204,10 +206,12 @@ def summarise(records: list[dict]) -> list[list[str]]:
 
 def ablation(ws: Workspace, dataset_id: int, name: str, settings: list[str], args: argparse.Namespace) -> dict:
     """One student configuration with extra ``settings`` on a dataset of the work folder; scores in ablations/."""
+    if MEAN_TEACHER[0] in settings and not any(s.startswith("predict_with=") for s in settings):
+        settings = [*settings, MEAN_TEACHER[1]]
     settings = [*_schedule(args.epochs, args.iterations), "few_shot_k=null", *settings]
     scores = train_config(ws, dataset_id, args.student, settings, name, args.device, fold="all")
     record = {"dataset": dataset_id, "settings": settings, **scores}
-    if "ssl=mean_teacher" in settings:  # the checkpoint predicts with the teacher; score the student too
+    if MEAN_TEACHER[0] in settings:  # the checkpoint predicts with the teacher; score the student too
         record["student"] = student_scores(ws, dataset_id, name, args.student, args.device)
     atomic_write_json(ws.root / "ablations" / f"{name}.json", record)
     return record
