@@ -19,7 +19,7 @@ patches (``labeled_bs`` 2 of a batch of 4, l. 51, where the fully supervised scr
 student on the clean patch and the teacher on the patch plus Gaussian noise of std 0.1 clipped to +-0.2
 (l. 140-144), and ``nnUNetv2_predict`` uses the student, which SSL4MIS validates and saves (l. 214): with the EMA's
 true average over the first 1/(1-decay) steps, a run of a few hundred steps ends with a teacher that is close to
-the mean of the whole trajectory (demo data, 100 steps: teacher 0.65-0.83 mean Dice against student 0.82-0.93,
+the mean of the whole trajectory (demo data, 100 steps: teacher 0.63-0.83 mean Dice against student 0.82-0.93,
 BENCHMARKS.md). ``predict_with: teacher`` (or ``nnunet-fm predict-with teacher``) for long runs, where the
 original Mean Teacher reports the EMA model as the better one. Deviation, an option: the consistency term covers
 labelled patches too (SSL4MIS: the unlabelled half only, l. 157), as the original Mean Teacher does.
