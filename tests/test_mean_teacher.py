@@ -287,6 +287,18 @@ def _data_loader(augmenter):
     return getattr(augmenter, "generator", None) or augmenter.data_loader
 
 
+def _fm_unet_trainer(nnunet_env, name: str, settings: dict):
+    """nnUNetTrainerFMUNet on the fixture's dataset for a new configuration ``name`` with ``settings`` (fold 0)."""
+    from nnunet_fm.ext_trainers.nnunet_fm_trainers import nnUNetTrainerFMUNet
+    from nnunet_fm.plans import add_configuration
+
+    add_configuration(DATASET_ID, "unet_fewshot", name=name, overrides=settings)
+    folder = nnunet_env.preprocessed / nnunet_env.dataset_folder(DATASET_ID).name
+    plans = {**json.loads((folder / "nnUNetPlans.json").read_text()), "continue_training": False}
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    return nnUNetTrainerFMUNet(plans, name, 0, dataset_json, torch.device("cpu"))
+
+
 def _loaded(trainer, network_weights: dict, expected: dict) -> set:
     """Trainable parameter names whose value after ``load_state_dict(network_weights)`` equals ``expected``."""
     trainer.network.load_state_dict(network_weights)
@@ -306,9 +318,6 @@ def test_checkpoint_round_trip_restores_student_and_teacher(nnunet_env, tmp_path
     from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
     from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as nnunet_trainer_module
 
-    from nnunet_fm.ext_trainers.nnunet_fm_trainers import nnUNetTrainerFMUNet
-    from nnunet_fm.plans import add_configuration
-
     settings = {
         "ssl": "mean_teacher",
         "num_epochs": 1,
@@ -317,11 +326,7 @@ def test_checkpoint_round_trip_restores_student_and_teacher(nnunet_env, tmp_path
         "few_shot_k": 3,
         "predict_with": "teacher",  # the default (student) is checked below
     }
-    add_configuration(DATASET_ID, "unet_fewshot", name="3d_mt_ckpt", overrides=settings)
-    folder = nnunet_env.preprocessed / nnunet_env.dataset_folder(DATASET_ID).name
-    plans = {**json.loads((folder / "nnUNetPlans.json").read_text()), "continue_training": False}
-    dataset_json = json.loads((folder / "dataset.json").read_text())
-    trainer = nnUNetTrainerFMUNet(plans, "3d_mt_ckpt", 0, dataset_json, torch.device("cpu"))
+    trainer = _fm_unet_trainer(nnunet_env, "3d_mt_ckpt", settings)
     trainer.on_train_start()
     try:
         # unlabelled_on_top with no unlabelled case: nothing goes on top, the plans' batch stays
@@ -413,15 +418,8 @@ def test_without_consistency_a_real_step_with_unlabelled_rows_equals_the_plain_s
     """nnU-Net's U-Net (instance norm) and loss, a batch of 2 unlabelled + 2 labelled patches, a teacher that
     differs from the student: with consistency_weight 0 the step's gradient is the plain step's on the labelled
     rows, bit for bit. Rules out the weight swap and the 4-row forward as a cost of Mean Teacher (BENCHMARKS.md)."""
-    from nnunet_fm.ext_trainers.nnunet_fm_trainers import nnUNetTrainerFMUNet
-    from nnunet_fm.plans import add_configuration
-
     settings = {"ssl": "mean_teacher", "consistency_weight": 0.0, "few_shot_k": None}
-    add_configuration(DATASET_ID, "unet_fewshot", name="3d_mt_step", overrides=settings)
-    folder = nnunet_env.preprocessed / nnunet_env.dataset_folder(DATASET_ID).name
-    plans = {**json.loads((folder / "nnUNetPlans.json").read_text()), "continue_training": False}
-    dataset_json = json.loads((folder / "dataset.json").read_text())
-    trainer = nnUNetTrainerFMUNet(plans, "3d_mt_step", 0, dataset_json, torch.device("cpu"))
+    trainer = _fm_unet_trainer(nnunet_env, "3d_mt_step", settings)
     trainer.initialize()
     torch.manual_seed(0)
     trainer._fm_teacher = {n: p.detach() + 0.1 * torch.randn_like(p) for n, p in trainer._fm_trainable().items()}
