@@ -417,7 +417,17 @@ def test_checkpoint_round_trip_restores_student_and_teacher(nnunet_env, tmp_path
 def test_without_consistency_a_real_step_with_unlabelled_rows_equals_the_plain_step_on_the_labelled_rows(nnunet_env):
     """nnU-Net's U-Net (instance norm) and loss, a batch of 2 unlabelled + 2 labelled patches, a teacher that
     differs from the student: with consistency_weight 0 the step's gradient is the plain step's on the labelled
-    rows, bit for bit. Rules out the weight swap and the 4-row forward as a cost of Mean Teacher (BENCHMARKS.md)."""
+    rows, bit for bit. Rules out the weight swap and the 4-row forward as a cost of Mean Teacher (BENCHMARKS.md).
+    One intra-op thread: with several, CPU convolutions split 4 and 2 rows differently and round differently."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _step_with_and_without_unlabelled_rows(nnunet_env)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _step_with_and_without_unlabelled_rows(nnunet_env):
     settings = {"ssl": "mean_teacher", "consistency_weight": 0.0, "few_shot_k": None}
     trainer = _fm_unet_trainer(nnunet_env, "3d_mt_step", settings)
     trainer.initialize()
