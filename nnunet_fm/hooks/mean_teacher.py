@@ -401,14 +401,14 @@ class MeanTeacherMixin:
         if not os.path.isfile(filename) or self.local_rank != 0 or self.disable_checkpointing:
             return
         with contextlib.nullcontext() if to_teacher else self.fm_teacher_weights():
-            other = self.fm_trainable_state()  # read before the next step changes the student in place
-            checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
-            checkpoint[CHECKPOINT_KEY] = {
-                "network_weights_are": "teacher" if to_teacher else "student",
-                "other_trainable": _to_cpu_keeping_aliases(other),
-                "other_has_aliases": True,
-                "ema_step": self._fm_ema_step,
-            }
+            other = self.fm_trainable_state()  # views: written below, before the next step changes them
+        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+        checkpoint[CHECKPOINT_KEY] = {
+            "network_weights_are": "teacher" if to_teacher else "student",
+            "other_trainable": _to_cpu_keeping_aliases(other),
+            "other_has_aliases": True,
+            "ema_step": self._fm_ema_step,
+        }
         atomic_torch_save(checkpoint, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
@@ -435,12 +435,17 @@ class MeanTeacherMixin:
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
 
 
+def _where(tensor: torch.Tensor) -> tuple:
+    """Equal for two tensors exactly when they are views of the same memory with the same shape."""
+    return tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape
+
+
 def _to_cpu_keeping_aliases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` on the CPU, keys that share a tensor on the device sharing one CPU copy (saved once)."""
     copies: dict[tuple, torch.Tensor] = {}
     result = {}
     for key, tensor in state.items():
-        where = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape)
+        where = _where(tensor)
         if where not in copies:
             copies[where] = tensor.cpu()
         result[key] = copies[where]
@@ -462,9 +467,7 @@ def _with_aliases(weights: dict[str, torch.Tensor], other: dict[str, torch.Tenso
         for key, value in list(weights.items()):
             if key in full or value.shape != current.shape:
                 continue
-            shared = value.untyped_storage().data_ptr() == current.untyped_storage().data_ptr() and (
-                value.storage_offset() == current.storage_offset()
-            )
+            shared = _where(value) == _where(current)
             if shared or (trained and (torch.equal(value, current) or torch.equal(value, tensor))):
                 full[key], weights[key] = tensor, current
     return full

@@ -14,8 +14,8 @@ For every K and seed (the seed picks the K labelled cases, ``few_shot_seed``), o
      labels) with ``ssl=mean_teacher`` (fold all);
    * **Mean Teacher + FFA pseudo-labels** (SFR): the pseudo-labelled dataset with the cases that were not kept
      entering as unlabelled (``pseudolabel --add-unlabelled``) and ``ssl=mean_teacher`` (fold all);
-3. every model evaluated on the demo test set; the Mean Teacher models twice, with the teacher (what
-   ``nnUNetv2_predict`` uses by default) and with the student (``nnunet-fm predict-with student``). Writes
+3. every model evaluated on the demo test set; the Mean Teacher models twice, with the teacher (the report pins
+   ``predict_with=teacher``) and with the student (``nnunet-fm predict-with student``; the hook's default). Writes
    ``ssl_report.json`` / ``ssl_report.md`` (mean ± std over seeds per K and method) and keeps each finished step in
    ``runs/`` so an interrupted report continues. ``--ablate DATASET --name NAME --set KEY=VALUE ...`` trains one
 student configuration on a dataset of the work folder (fold all, the report's schedule, ``few_shot_k=null`` plus the
@@ -193,15 +193,21 @@ def summarise(records: list[dict]) -> list[list[str]]:
             )
             if not group:
                 continue
-            cells = [method, str(shots), str(len(group))]
-            for values in (
-                [r["mean_dice"] for r in group],
-                *([r["per_class_dice"].get(c, 0.0) for r in group] for c in ("1", "2")),
-            ):
-                cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}")
+            cells = [method, str(shots), str(len(group)), *_dice_cells(group)]
             cells.append(", ".join(f"s{r['seed']}: {r['mean_dice']:.4f}" for r in group))
             rows.append(cells)
     return rows
+
+
+def _dice_cells(records: list[dict]) -> list[str]:
+    """``mean ± std`` over ``records`` of the mean Dice and of each class's Dice (artery, vein)."""
+    cells = []
+    for values in (
+        [r["mean_dice"] for r in records],
+        *([r["per_class_dice"].get(c, 0.0) for r in records] for c in ("1", "2")),
+    ):
+        cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}")
+    return cells
 
 
 def ablation(ws: Workspace, dataset_id: int, name: str, settings: list[str], args: argparse.Namespace) -> dict:
@@ -231,11 +237,7 @@ def ablation_rows(ws: Workspace) -> list[list[str]]:
     for stem, runs in groups.items():
         extra = runs[0][1]["settings"][len(_schedule(0, 0)) + 1 :]  # after the schedule and few_shot_k=null
         cells = [stem, str(runs[0][1]["dataset"]), " ".join(extra) or "(none)", str(len(runs))]
-        for values in (
-            [r["mean_dice"] for _, r in runs],
-            *([r["per_class_dice"].get(c, 0.0) for _, r in runs] for c in ("1", "2")),
-        ):
-            cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}")
+        cells += _dice_cells([r for _, r in runs])
         cells.append(", ".join(f"{r['mean_dice']:.4f}" for _, r in runs))
         rows.append(cells)
     return rows
