@@ -77,3 +77,15 @@ def test_paper_pipelines_end_with_nnunets_label_handling(choice):
     assert ("MirrorTransform" in names) == (choice == "lightmedseg")  # the paper flips; the reference never does
     out = pipeline(image=torch.rand(1, *PATCH), segmentation=torch.randint(0, 3, (1, *PATCH)))
     assert out["image"].shape == (1, *PATCH) and out["segmentation"].min() >= 0
+
+
+def test_reference_noise_has_the_references_standard_deviation():
+    # vesselbridge3d train.py ~1229-1230: img + randn * noise_std with noise_std 0.01 (configs/train_3d_default.yaml)
+    noise = next(
+        t.transform
+        for t in reference_transforms(PATCH)
+        if isinstance(t, RandomTransform) and type(t.transform).__name__ == "GaussianNoiseTransform"
+    )
+    torch.manual_seed(0)
+    out = noise(image=torch.zeros(1, *PATCH))["image"]
+    assert abs(float(out.std()) - 0.01) < 0.001

@@ -81,7 +81,9 @@ def reference_transforms(patch_size) -> list:
             apply_probability=REFERENCE_BC_P,
         ),
         RandomTransform(
-            GaussianNoiseTransform(noise_variance=(REFERENCE_NOISE_STD**2,) * 2, synchronize_channels=True),
+            # despite its name, batchgeneratorsv2 0.3.6 uses ``noise_variance`` as the standard deviation
+            # (``gaussian_noise.py`` l. 32 samples it, l. 67 ``normal_(mean=0.0, std=float(sigma))``)
+            GaussianNoiseTransform(noise_variance=(REFERENCE_NOISE_STD,) * 2, synchronize_channels=True),
             apply_probability=REFERENCE_NOISE_P,
         ),
     ]
