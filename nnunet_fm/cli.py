@@ -96,6 +96,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import os
+
+    from nnunet_fm.vessel_metrics import evaluate_folder
+
+    output = args.o or os.path.join(args.pred, "summary.json")
+    summary = evaluate_folder(args.ref, args.pred, args.djfile, args.pfile, output, args.np, args.chill)
+    metrics = ("Dice", "clDice", "Betti0_error", "HD95")
+    for key, means in [*summary["mean"].items(), ("binary", summary["binary"])]:
+        print(f"{key}: " + ", ".join(f"{m} {means[m]:.4f}" for m in metrics))
+    print(f"Wrote {output} ({len(summary['metric_per_case'])} case(s); HD95 in mm)")
+    return 0
+
+
 def _model_folder(args: argparse.Namespace) -> str:
     if args.model:
         return args.model
@@ -343,6 +357,20 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("-np", type=int, default=1)
     best.add_argument("--disable_ensembling", action="store_true")
     best.set_defaults(func=_cmd_find_best)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="nnUNetv2_evaluate_folder's metrics plus clDice, Betti-0 error and HD95, per class and binary"
+    )
+    evaluate.add_argument("ref", metavar="REF_FOLDER", help="folder with reference segmentations")
+    evaluate.add_argument("pred", metavar="PRED_FOLDER", help="folder with predicted segmentations")
+    evaluate.add_argument("-djfile", required=True, help="dataset.json file")
+    evaluate.add_argument("-pfile", help="plans.json file (optional: its label manager class)")
+    evaluate.add_argument("-o", help="output summary .json (default: PRED_FOLDER/summary.json)")
+    evaluate.add_argument(
+        "-np", type=int, default=None, help="worker processes (default: nnU-Net's, nnUNet_def_n_proc or 8)"
+    )
+    evaluate.add_argument("--chill", action="store_true", help="score only the predicted cases")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     demo = sub.add_parser("demo", help="run the main job end to end on synthetic data")
     demo.add_argument("--workdir", default="demo_run")

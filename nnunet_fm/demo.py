@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from nnunet_fm.demo_data import DemoSpec, write_demo_dataset
@@ -57,6 +58,17 @@ def add_plans(ws: Workspace, dataset_id: int, template: str, settings: list[str]
     return result.configuration
 
 
+def score_line(scores: dict) -> str:
+    """Dice beside clDice and the Betti-0 error of a score record (``pipeline.predict_evaluate``)."""
+    line = f"per-class Dice {scores['per_class_dice']}, mean {scores['mean_dice']}"
+    if "binary_cldice" in scores:
+        line += (
+            f"; per-class clDice {scores['per_class_cldice']}, binary clDice {scores['binary_cldice']}, "
+            f"binary Betti-0 error {scores['binary_betti0_error']}, binary HD95 {scores['binary_hd95']} mm"
+        )
+    return line
+
+
 def run_demo(
     workdir: str | Path,
     trainer: str | None = None,
@@ -64,7 +76,7 @@ def run_demo(
     iterations: int | None = None,
     device: str | None = None,
 ) -> dict:
-    """Run the whole main job; prints progress, returns Dice scores and writes an overlay PNG."""
+    """Run the whole main job; prints progress, returns the scores (Dice, clDice, Betti-0, HD95), writes overlay.png."""
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -80,18 +92,19 @@ def run_demo(
     folder = prepare_dataset(ws)
     print(f"[2/4] nnunet-fm plans add --template {template}")
     configuration = add_plans(ws, DEMO_DATASET_ID, template, settings)
-    print(f"[3/4] nnUNetv2_train / nnUNetv2_predict / nnUNetv2_evaluate_folder with {trainer} on {device}")
+    print(f"[3/4] nnUNetv2_train / nnUNetv2_predict / nnunet-fm evaluate with {trainer} on {device}")
     scores = train_predict_evaluate(ws, DEMO_DATASET_ID, configuration, trainer, device=device)
     case = sorted((folder / "labelsTs").glob("*.nii.gz"))[0]
-    from nnunet_fm.overlay import write_overlay
+    from nnunet_fm.overlay import class_names_from_dataset_json, write_overlay
 
     png = write_overlay(
         folder / "imagesTs" / case.name.replace(".nii.gz", "_0000.nii.gz"),
         case,
         Path(scores["prediction"]) / case.name,
         ws.root / "overlay.png",
+        class_names_from_dataset_json(json.loads((folder / "dataset.json").read_text())),
     )
-    print(f"[4/4] per-class Dice {scores['per_class_dice']}, mean {scores['mean_dice']}; overlay: {png}")
+    print(f"[4/4] {score_line(scores)}; overlay (MIPs + slice): {png}")
     if trainer == FLAGSHIP["trainer"]:
         print(
             "Note: this demo used a tiny DINOv3-architecture encoder with RANDOM weights. For real results set "

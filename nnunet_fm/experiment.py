@@ -3,8 +3,9 @@
 Each run adds its own configuration (``<template config>_k<K>_s<seed>``) with ``nnunet-fm plans add``,
 trains with ``nnUNetv2_train --npz --c`` (so an interrupted run continues), predicts ``imagesTs`` and
 evaluates against ``labelsTs``. A finished run leaves ``runs/<run>.json`` and is skipped next time.
-Results: ``results.csv`` / ``results.md`` (mean +- std Dice per class and overall per trainer and K) and
-``dice_vs_k.png``.
+Results: ``results.csv`` / ``results.md`` (mean +- std per trainer and K of Dice per class and overall, of
+clDice for the merged foreground and per class, and of the merged foreground's Betti-0 error; ``-`` where a run
+record predates those) and ``dice_vs_k.png``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from nnunet_fm.atomic_io import atomic_write_json, atomic_write_text
 from nnunet_fm.demo import add_plans
 from nnunet_fm.pipeline import Workspace, train_predict_evaluate
 from nnunet_fm.templates import load_template, template_for_trainer
-from nnunet_fm.tools.report import markdown_table
+from nnunet_fm.tools.report import BINARY_BETTI0, BINARY_CLDICE, PER_CLASS_CLDICE, markdown_table
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,17 @@ def run_grid(
     return records
 
 
+def _add_mean_std(row: dict, name: str, values: list[float | None]) -> None:
+    """``row[name_mean]`` / ``row[name_std]``, unless a record lacks the value (run before it was measured)."""
+    if values and all(v is not None for v in values):
+        row[f"{name}_mean"], row[f"{name}_std"] = float(np.mean(values)), float(np.std(values))
+
+
 def summarise(records: list[dict]) -> list[dict]:
-    """Mean and std of Dice (overall and per class) per (trainer, K), over seeds and folds."""
+    """Mean and std per (trainer, K), over seeds and folds, of Dice (overall, per class), clDice and Betti-0 error.
+
+    clDice: ``cldice_*`` (merged foreground) and ``cldice_class_<c>_*``; ``betti0_error_*`` (merged foreground).
+    """
     rows = []
     keys = sorted({(r["trainer"], r["shots"]) for r in records}, key=lambda k: (k[0], k[1]))
     for trainer, shots in keys:
@@ -109,17 +119,39 @@ def summarise(records: list[dict]) -> list[dict]:
         for label in sorted({c for r in group for c in r["per_class_dice"]}, key=int):
             values = np.array([r["per_class_dice"][label] for r in group])
             row[f"class_{label}_mean"], row[f"class_{label}_std"] = float(values.mean()), float(values.std())
+            _add_mean_std(row, f"cldice_class_{label}", [r.get(PER_CLASS_CLDICE, {}).get(label) for r in group])
+        _add_mean_std(row, "cldice", [r.get(BINARY_CLDICE) for r in group])
+        _add_mean_std(row, "betti0_error", [r.get(BINARY_BETTI0) for r in group])
         rows.append(row)
     return rows
 
 
+def _cell(row: dict, name: str, digits: int = 4) -> str:
+    """'mean ± std' of a summarise() entry, '-' when the row has none."""
+    if f"{name}_mean" not in row:
+        return "-"
+    return f"{row[f'{name}_mean']:.{digits}f} ± {row[f'{name}_std']:.{digits}f}"
+
+
 def to_markdown(rows: list[dict]) -> str:
-    """Markdown table: one row per trainer and K, 'mean ± std' Dice cells."""
+    """Markdown table: one row per trainer and K, 'mean ± std' cells of Dice, clDice and the Betti-0 error."""
     labels = sorted({k[6:-5] for r in rows for k in r if k.startswith("class_") and k.endswith("_mean")}, key=int)
-    header = ["trainer", "K", "runs", "Dice (mean ± std)", *[f"class {c}" for c in labels]]
+    header = [
+        "trainer",
+        "K",
+        "runs",
+        "Dice (mean ± std)",
+        *[f"class {c}" for c in labels],
+        "binary clDice",
+        *[f"class {c} clDice" for c in labels],
+        "binary Betti-0 error",
+    ]
     cells = [
-        [r["trainer"], str(r["shots"]), str(r["runs"]), f"{r['dice_mean']:.4f} ± {r['dice_std']:.4f}"]
-        + [f"{r[f'class_{c}_mean']:.4f} ± {r[f'class_{c}_std']:.4f}" for c in labels]
+        [r["trainer"], str(r["shots"]), str(r["runs"]), _cell(r, "dice")]
+        + [_cell(r, f"class_{c}") for c in labels]
+        + [_cell(r, "cldice")]
+        + [_cell(r, f"cldice_class_{c}") for c in labels]
+        + [_cell(r, "betti0_error", 2)]
         for r in rows
     ]
     return markdown_table(header, cells) + "\n"

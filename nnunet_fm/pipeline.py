@@ -110,10 +110,10 @@ def _resolve(executable: str) -> str:
 
 
 def mean_dice(summary_file: Path) -> dict:
-    """Per-class and mean Dice from nnU-Net's evaluation ``summary.json``."""
-    summary = json.loads(Path(summary_file).read_text())
-    per_class = {key: round(value["Dice"], 4) for key, value in summary["mean"].items()}
-    return {"per_class_dice": per_class, "mean_dice": round(summary["foreground_mean"]["Dice"], 4)}
+    """Score record (Dice; clDice, Betti-0 error, HD95 when present) of an evaluation ``summary.json``."""
+    from nnunet_fm.vessel_metrics import summary_scores
+
+    return summary_scores(json.loads(Path(summary_file).read_text()))
 
 
 def plan_and_preprocess(ws: Workspace, dataset_id: int) -> None:
@@ -224,19 +224,20 @@ def predict_evaluate(
     predict_args: tuple[str, ...] = (),
     suffix: str = "",
 ) -> dict:
-    """Stock ``nnUNetv2_predict`` of imagesTs and ``nnUNetv2_evaluate_folder`` against labelsTs; Dice scores."""
+    """Stock ``nnUNetv2_predict`` of imagesTs, then ``nnunet-fm evaluate`` against labelsTs (in this process).
+
+    Returns the prediction folder and the score record of ``vessel_metrics.score_folder``: nnU-Net's Dice per
+    class and mean, plus clDice, Betti-0 error and HD95 per class and for the merged foreground.
+    """
+    from nnunet_fm.vessel_metrics import score_folder
+
     prediction = ws.root / "predictions" / f"{trainer}__{configuration}__fold{fold}{suffix}"
     predict(ws, dataset_id, configuration, trainer, fold, prediction, device, predict_args)
     model = ws.model_folder(dataset_id, trainer, configuration)
-    ws.run(
-        "nnUNetv2_evaluate_folder",
-        str(ws.dataset_folder(dataset_id) / "labelsTs"),
-        str(prediction),
-        "-djfile",
-        str(model / "dataset.json"),
-        "-pfile",
-        str(model / "plans.json"),
-        "-np",
-        ws.processes,
-    )
-    return {"prediction": str(prediction), **mean_dice(prediction / "summary.json")}
+    labels = ws.dataset_folder(dataset_id) / "labelsTs"
+    if ws.log is not None:  # the equivalent command, for the record
+        with open(ws.log, "a") as handle:
+            handle.write(f"$ nnunet-fm evaluate {labels} {prediction} -djfile {model / 'dataset.json'} ")
+            handle.write(f"-pfile {model / 'plans.json'} -np {ws.processes}  (run in-process)\n")
+    scores = score_folder(labels, prediction, model / "dataset.json", model / "plans.json", int(ws.processes))
+    return {"prediction": str(prediction), **scores}

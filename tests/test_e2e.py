@@ -58,6 +58,10 @@ def test_dinov3_ffa_trains_predicts_and_evaluates_with_stock_commands(planned_wo
     ws = planned_workspace
     configuration, scores = ffa_model
     _check_scores(scores)
+    # nnunet-fm evaluate's vessel metrics beside Dice, per class and for the merged foreground
+    summary = json.loads((Path(scores["prediction"]) / "summary.json").read_text())
+    assert len(summary["metric_per_case"]) == 2 and {"clDice", "Betti0_error", "HD95"} <= set(summary["binary"])
+    assert set(scores["per_class_cldice"]) == {"1", "2"} and scores["binary_betti0_error"] >= 0
     model = _model_folder(ws, "nnUNetTrainerDINOv3FFA", configuration)
     fold = model / "fold_0"
     assert (fold / "checkpoint_final.pth").is_file() and list((fold / "validation").glob("*.npz"))

@@ -9,8 +9,9 @@ from nnunet_fm.experiment import Run, grid, settings_for, summarise, to_markdown
 DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)
 
 
-def _record(trainer, shots, seed, dice1, dice2):
-    return {
+def _record(trainer, shots, seed, dice1, dice2, vessel=None):
+    """A run record; ``vessel`` = (clDice 1, clDice 2, binary clDice, binary Betti-0 error), absent in old records."""
+    record = {
         "trainer": trainer,
         "shots": shots,
         "seed": seed,
@@ -18,18 +19,41 @@ def _record(trainer, shots, seed, dice1, dice2):
         "mean_dice": (dice1 + dice2) / 2,
         "per_class_dice": {"1": dice1, "2": dice2},
     }
+    if vessel:
+        record["per_class_cldice"] = {"1": vessel[0], "2": vessel[1]}
+        record["binary_cldice"], record["binary_betti0_error"] = vessel[2], vessel[3]
+    return record
 
 
 def test_grid_and_summary_statistics():
     runs = grid(["A", "B"], [1, 3], [0, 1], ["0"])
     assert len(runs) == 8 and runs[0] == Run("A", 1, 0, "0") and runs[0].name == "A__k1__s0__fold0"
-    rows = summarise([_record("A", 1, 0, 0.2, 0.4), _record("A", 1, 1, 0.4, 0.6), _record("A", 3, 0, 0.8, 0.8)])
+    rows = summarise(
+        [
+            _record("A", 1, 0, 0.2, 0.4, (0.1, 0.3, 0.2, 3)),
+            _record("A", 1, 1, 0.4, 0.6, (0.3, 0.5, 0.4, 1)),
+            _record("A", 3, 0, 0.8, 0.8),  # a record from before the vessel metrics
+        ]
+    )
     first = rows[0]
     assert (first["trainer"], first["shots"], first["runs"]) == ("A", 1, 2)
     assert first["dice_mean"] == pytest.approx(0.4) and first["dice_std"] == pytest.approx(0.1)
     assert first["class_1_mean"] == pytest.approx(0.3) and first["class_2_std"] == pytest.approx(0.1)
-    table = to_markdown(rows)
-    assert "| A | 1 | 2 | 0.4000 ± 0.1000 | 0.3000 ± 0.1000 | 0.5000 ± 0.1000 |" in table
+    assert first["cldice_mean"] == pytest.approx(0.3) and first["cldice_class_2_mean"] == pytest.approx(0.4)
+    assert first["betti0_error_mean"] == pytest.approx(2.0) and first["betti0_error_std"] == pytest.approx(1.0)
+    assert "cldice_mean" not in rows[1] and "betti0_error_mean" not in rows[1]
+    table = to_markdown(rows).splitlines()
+    assert table[0] == (
+        "| trainer | K | runs | Dice (mean ± std) | class 1 | class 2 | binary clDice | class 1 clDice "
+        "| class 2 clDice | binary Betti-0 error |"
+    )
+    assert table[2] == (
+        "| A | 1 | 2 | 0.4000 ± 0.1000 | 0.3000 ± 0.1000 | 0.5000 ± 0.1000 | 0.3000 ± 0.1000 | 0.2000 ± 0.1000 "
+        "| 0.4000 ± 0.1000 | 2.00 ± 1.00 |"
+    )
+    assert table[3] == "| A | 3 | 1 | 0.8000 ± 0.0000 | 0.8000 ± 0.0000 | 0.8000 ± 0.0000 | - | - | - | - |"
+    mixed = summarise([_record("B", 1, 0, 0.5, 0.5, (1.0, 1.0, 1.0, 0)), _record("B", 1, 1, 0.5, 0.5)])
+    assert "cldice_mean" not in mixed[0]  # no mean over only the runs that measured it
 
 
 def test_trainer_prefixed_settings_apply_to_that_trainer_only():
@@ -72,7 +96,10 @@ def test_experiment_grid_runs_writes_tables_and_resumes(planned_workspace):
         ("nnUNetTrainer", "1", "1"),
         ("nnUNetTrainer", "2", "1"),
     ]
-    assert (out / "dice_vs_k.png").stat().st_size > 0 and "± " in (out / "results.md").read_text()
+    table = (out / "results.md").read_text()
+    assert (out / "dice_vs_k.png").stat().st_size > 0 and "± " in table
+    assert "binary clDice" in table and "| - |" not in table  # the fresh runs carry the vessel metrics
+    assert all(float(r["betti0_error_mean"]) >= 0 and 0 <= float(r["cldice_mean"]) <= 1 for r in rows)
     records = sorted((out / "runs").glob("*.json"))
     assert len(records) == 2
     # interruption: one run's record is lost -> only that run is redone, the other is skipped

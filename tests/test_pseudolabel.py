@@ -134,6 +134,11 @@ def test_pseudo_label_dice_scores_kept_cases_over_annotated_voxels(tmp_path):
     (pseudo / MANIFEST_NAME).write_text(json.dumps({"pseudo_cases": cases}))
     scores = pseudo_label_dice(pseudo, source)
     assert scores["per_class_dice"] == {"1": 1.0, "2": pytest.approx(2 / 3, abs=1e-4)}
+    # vessel metrics over annotated voxels: class 2 skeletons {3, 4} (truth) and {3} -> tsens 1/2, tprec 1
+    assert scores["per_class_cldice"] == {"1": 1.0, "2": pytest.approx(2 / 3, abs=1e-4)}
+    # merged: truth {1, 3, 4} vs {1, 3}: Dice 4/5, components 2 and 2; surface distances 0,0,0,0,1 -> HD95 0.8
+    assert scores["binary_dice"] == pytest.approx(0.8) and scores["binary_cldice"] == pytest.approx(0.8)
+    assert scores["binary_betti0_error"] == 0 and scores["binary_hd95"] == pytest.approx(0.8)
 
 
 def test_sigterm_interrupts_the_command_but_lets_forked_workers_exit_quietly():
@@ -163,3 +168,18 @@ def test_sigterm_interrupts_the_command_but_lets_forked_workers_exit_quietly():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
     assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_sfr_table_shows_vessel_metrics_beside_dice_and_dashes_for_old_rows():
+    from nnunet_fm.tools.sfr_report import to_markdown
+
+    new = {"model": "M", "trained on": "3 labelled", "mean_dice": 0.5, "per_class_dice": {"1": 0.6, "2": 0.4}}
+    new.update(per_class_cldice={"1": 0.7, "2": 0.3}, binary_cldice=0.55, binary_betti0_error=3.0)
+    old = {"model": "M", "trained on": "old run", "mean_dice": 0.5, "per_class_dice": {"1": 0.6, "2": 0.4}}
+    lines = to_markdown([new, old]).splitlines()
+    assert lines[0] == (
+        "| model | trained on | mean Dice | artery | vein | binary clDice | artery clDice | vein clDice "
+        "| binary Betti-0 error |"
+    )
+    assert lines[2] == "| M | 3 labelled | 0.5000 | 0.6000 | 0.4000 | 0.5500 | 0.7000 | 0.3000 | 3.00 |"
+    assert lines[3] == "| M | old run | 0.5000 | 0.6000 | 0.4000 | - | - | - | - |"

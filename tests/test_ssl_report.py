@@ -8,21 +8,26 @@ from nnunet_fm.pipeline import Workspace
 from nnunet_fm.tools.ssl_report import METHODS, finished_records, main, summarise, to_markdown
 
 
-def _record(method: str, shots: int, seed: int, artery: float, vein: float) -> dict:
-    return {
+def _record(method: str, shots: int, seed: int, artery: float, vein: float, betti: int | None = None) -> dict:
+    """A step record; with ``betti`` also the vessel metrics (clDice = Dice - 0.1 here), else an old record."""
+    record = {
         "method": method,
         "shots": shots,
         "seed": seed,
         "mean_dice": (artery + vein) / 2,
         "per_class_dice": {"1": artery, "2": vein},
     }
+    if betti is not None:
+        record["per_class_cldice"] = {"1": artery - 0.1, "2": vein - 0.1}
+        record["binary_cldice"], record["binary_betti0_error"] = (artery + vein) / 2 - 0.1, betti
+    return record
 
 
 def test_summary_is_mean_and_population_std_over_seeds_per_k_and_method():
     records = [
-        _record("Mean Teacher", 3, 0, 0.8, 0.6),
-        _record("Mean Teacher", 3, 1, 0.6, 0.4),
-        _record("labelled only", 3, 0, 0.5, 0.1),
+        _record("Mean Teacher", 3, 0, 0.8, 0.6, 2),
+        _record("Mean Teacher", 3, 1, 0.6, 0.4, 4),
+        _record("labelled only", 3, 0, 0.5, 0.1),  # cached before the vessel metrics: '-' cells
         _record("labelled only", 1, 0, 0.2, 0.0),
     ]
     rows = summarise(records)
@@ -34,10 +39,16 @@ def test_summary_is_mean_and_population_std_over_seeds_per_k_and_method():
     mean_teacher = rows[2]
     assert mean_teacher[3] == "0.6000 ± 0.1000"  # mean Dice (0.7, 0.5)
     assert mean_teacher[4] == "0.7000 ± 0.1000" and mean_teacher[5] == "0.5000 ± 0.1000"
+    # binary clDice (0.6, 0.4), artery clDice (0.7, 0.5), vein clDice (0.5, 0.3), binary Betti-0 error (2, 4)
+    assert mean_teacher[6:10] == ["0.5000 ± 0.1000", "0.6000 ± 0.1000", "0.4000 ± 0.1000", "3.00 ± 1.00"]
+    assert rows[1][6:10] == ["-", "-", "-", "-"]
     assert METHODS.index("labelled only") < METHODS.index("Mean Teacher")
     table = to_markdown(records)
-    assert table.splitlines()[0] == "| method | K | seeds | mean Dice | artery | vein | per seed (mean Dice) |"
-    assert mean_teacher[6] == "s0: 0.7000, s1: 0.5000"
+    assert table.splitlines()[0] == (
+        "| method | K | seeds | mean Dice | artery | vein | binary clDice | artery clDice | vein clDice "
+        "| binary Betti-0 error | per seed (mean Dice) |"
+    )
+    assert mean_teacher[10] == "s0: 0.7000, s1: 0.5000"
     assert len(table.splitlines()) == 2 + len(rows)
 
 
@@ -60,7 +71,7 @@ def test_table_only_reads_the_finished_steps_and_trains_nothing(tmp_path):
     ]  # the teacher's own scores are not a row
     main(["--workdir", str(tmp_path), "--shots", "1", "--seeds", "2", "--table-only"])
     table = (tmp_path / "ssl_report.md").read_text()
-    assert "| Mean Teacher (student) | 1 | 1 | 0.6000 ± 0.0000 |" in table and "s2: 0.7000" in table
+    assert "| Mean Teacher (student) | 1 | 1 | 0.6000 ± 0.0000 |" in table and "| - | - | - | - | s2: 0.7000 |" in table
     assert not list(tmp_path.rglob("Dataset*"))  # no dataset written, nothing trained
 
 
@@ -124,16 +135,20 @@ def test_ablations_table_groups_repeats_and_reports_mean_and_std(tmp_path, capsy
     ):
         record = {"dataset": dataset, "settings": [*schedule, *extra], "per_class_dice": dict(zip("12", dice))}
         if name == "3d_mt":
-            record["student"] = {"per_class_dice": {"1": 0.8, "2": 0.8}, "mean_dice": 0.8}
+            vessel = {"binary_cldice": 0.75, "per_class_cldice": {"1": 0.7, "2": 0.8}, "binary_betti0_error": 2}
+            record["student"] = {"per_class_dice": {"1": 0.8, "2": 0.8}, "mean_dice": 0.8, **vessel}
         (folder / f"{name}.json").write_text(json.dumps({**record, "mean_dice": sum(dice) / 2}))
     (folder / "notes.json").write_text("{}")  # not a training record: left out
     main(["--workdir", str(tmp_path), "--ablations-table"])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 6  # header, rule, three groups and the student of the Mean Teacher run
     assert lines[3].startswith("| 3d_mt | 941 | ssl=mean_teacher | 1 | 0.5000 ± 0.0000 |")
-    assert lines[4].startswith("| 3d_mt (student) | 941 | ssl=mean_teacher | 1 | 0.8000 ± 0.0000 |")
+    assert lines[4] == (
+        "| 3d_mt (student) | 941 | ssl=mean_teacher | 1 | 0.8000 ± 0.0000 | 0.8000 ± 0.0000 | 0.8000 ± 0.0000 "
+        "| 0.7500 ± 0.0000 | 0.7000 ± 0.0000 | 0.8000 ± 0.0000 | 2.00 ± 0.00 | 0.8000 |"
+    )  # a new record: its vessel metrics beside Dice
     assert lines[2] == (
         "| 3d_aa | 942 | ssl=mean_teacher consistency_weight=0 | 2 | 0.8000 ± 0.1000 | 0.9000 ± 0.0000 "
-        "| 0.7000 ± 0.2000 | 0.7000, 0.9000 |"
-    )
+        "| 0.7000 ± 0.2000 | - | - | - | - | 0.7000, 0.9000 |"
+    )  # records from before the vessel metrics render '-'
     assert lines[5].startswith("| 3d_st | 940 | (none) | 1 | 0.7000 ± 0.0000 |")

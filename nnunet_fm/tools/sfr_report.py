@@ -10,7 +10,8 @@
    comparison, planned from scratch by stock ``nnUNetv2_plan_and_preprocess``;
 4. a 3D segmenter (default nnUNetTrainerFMUNet) trained on the K labelled cases only (fold 0, the fair
    baseline) and re-trained on labelled + pseudo-labelled cases (fold ``all``: every labelled case is used);
-5. everything evaluated on the demo test set. Prints a Markdown table, writes ``sfr_report.json``/``.md``.
+5. everything evaluated on the demo test set: Dice, clDice and Betti-0 error (``nnunet_fm.vessel_metrics``).
+   Prints a Markdown table, writes ``sfr_report.json``/``.md``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ from nnunet_fm.demo import FLAGSHIP, add_plans, prepare_dataset
 from nnunet_fm.file_names import MANIFEST_NAME
 from nnunet_fm.pipeline import Workspace, plan_and_preprocess, plan_like_source, train_predict_evaluate
 from nnunet_fm.templates import template_for_trainer
-from nnunet_fm.tools.report import markdown_table
+from nnunet_fm.tools.report import markdown_table, vessel_cells, vessel_header
 
 SOURCE_ID, PSEUDO_ID, STOCK_PLANNED_ID = 902, 903, 904
 
@@ -46,32 +48,52 @@ def train_config(
     )
 
 
-def _read(path: Path) -> np.ndarray:
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+def _read(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The image array and its spacing per array axis."""
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(image), tuple(image.GetSpacing())[::-1]
+
+
+def _dice(truth: np.ndarray, guess: np.ndarray, ignored: np.ndarray | None) -> float:
+    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
+
+    tp, fp, fn, _ = compute_tp_fp_fn_tn(truth, guess, ignored)
+    return 2.0 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
 
 
 def pseudo_label_dice(pseudo_dataset: Path, source_dataset: Path) -> dict:
-    """Dice of the kept pseudo-labels against the source's true labels, over voxels not set to ignore."""
-    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
+    """Dice and vessel metrics of the kept pseudo-labels against the source's true labels, over voxels not ignored.
+
+    The same record keys as the test-set scores (``vessel_metrics.summary_scores``): per-class and mean Dice
+    (1 when a class is absent from both), per-class and binary clDice, binary Dice, Betti-0 error and HD95 (the
+    vessel metrics on both masks with the ignored voxels removed; means over cases ignore NaN).
+    """
+    from nnunet_fm.vessel_metrics import topology_metrics
 
     manifest = json.loads((pseudo_dataset / MANIFEST_NAME).read_text())
     meta = json.loads((pseudo_dataset / "dataset.json").read_text())
     ending, ignore = meta["file_ending"], meta["labels"].get("ignore")
     classes = sorted(v for k, v in meta["labels"].items() if k not in ("background", "ignore"))
-    per_case = []
+    dice, cl_dice, binary = [], [], []
     for case in (c for c in manifest["pseudo_cases"] if c["kept"]):
-        pseudo = _read(pseudo_dataset / "labelsTr" / f"{case['new_id']}{ending}")
-        truth = _read(source_dataset / "labelsTr" / f"{case['case']}{ending}")
-        ignored = pseudo == ignore if ignore is not None else None
-        scores = []
-        for c in classes:
-            tp, fp, fn, _ = compute_tp_fp_fn_tn(truth == c, pseudo == c, ignored)
-            scores.append(2.0 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0)
-        per_case.append(scores)
-    mean = np.mean(per_case, axis=0)
+        pseudo, spacing = _read(pseudo_dataset / "labelsTr" / f"{case['new_id']}{ending}")
+        truth, _ = _read(source_dataset / "labelsTr" / f"{case['case']}{ending}")
+        ignored = pseudo == ignore if ignore is not None else np.zeros(pseudo.shape, bool)
+        dice.append([_dice(truth == c, pseudo == c, ignored) for c in classes])
+        cl_dice.append([topology_metrics((truth == c) & ~ignored, pseudo == c, spacing)["clDice"] for c in classes])
+        merged_truth, merged_guess = (truth > 0) & ~ignored, (pseudo > 0) & ~ignored
+        binary.append({"Dice": _dice(merged_truth, merged_guess, None)})
+        binary[-1].update(topology_metrics(merged_truth, merged_guess, spacing))
+    mean = np.mean(dice, axis=0)
+    with warnings.catch_warnings():  # a class absent from every case: NaN clDice, without numpy's warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_cl_dice = np.nanmean(np.asarray(cl_dice, dtype=float), axis=0)
+        merged = {m: float(np.nanmean([b[m] for b in binary])) for m in binary[0]}
     return {
         "per_class_dice": {str(c): round(float(d), 4) for c, d in zip(classes, mean)},
         "mean_dice": round(float(mean.mean()), 4),
+        "per_class_cldice": {str(c): round(float(d), 4) for c, d in zip(classes, mean_cl_dice)},
+        **{f"binary_{m.lower()}": round(v, 4) for m, v in merged.items()},
     }
 
 
@@ -172,12 +194,15 @@ def run(
 
 
 def to_markdown(rows: list[dict]) -> str:
+    """One row per model: mean and per-class Dice, then binary and per-class clDice and the binary Betti-0 error."""
     cells = [
         [r["model"], r["trained on"], f"{r['mean_dice']:.4f}"]
         + [f"{r['per_class_dice'].get(c, 0):.4f}" for c in ("1", "2")]
+        + vessel_cells(r, ("1", "2"))
         for r in rows
     ]
-    return markdown_table(["model", "trained on", "mean Dice", "artery", "vein"], cells)
+    header = ["model", "trained on", "mean Dice", "artery", "vein", *vessel_header(("artery", "vein"))]
+    return markdown_table(header, cells)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,8 @@ For every K and seed (the seed picks the K labelled cases, ``few_shot_seed``), o
      entering as unlabelled (``pseudolabel --add-unlabelled``) and ``ssl=mean_teacher`` (fold all);
 3. every model evaluated on the demo test set; the Mean Teacher models twice, with the teacher (the report pins
    ``predict_with=teacher``) and with the student (``nnunet-fm predict-with student``; the hook's default). Writes
-   ``ssl_report.json`` / ``ssl_report.md`` (mean ± std over seeds per K and method) and keeps each finished step in
+   ``ssl_report.json`` / ``ssl_report.md`` (mean ± std over seeds per K and method of Dice, clDice and the
+   Betti-0 error; ``-`` for records from before those were measured) and keeps each finished step in
    ``runs/`` so an interrupted report continues. ``--ablate DATASET --name NAME --set KEY=VALUE ...`` trains one
 student configuration on a dataset of the work folder (fold all, the report's schedule, ``few_shot_k=null`` plus the
 settings) and writes its test Dice to ``ablations/NAME.json`` (with ``ssl=mean_teacher``: the teacher's and the
@@ -37,13 +38,11 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-
 from nnunet_fm.atomic_io import atomic_write_json, atomic_write_text
 from nnunet_fm.demo import FLAGSHIP, prepare_dataset
 from nnunet_fm.file_names import FEWSHOT_RECORD_NAME
 from nnunet_fm.pipeline import Workspace, plan_like_source, predict_evaluate
-from nnunet_fm.tools.report import markdown_table
+from nnunet_fm.tools.report import markdown_table, mean_std_cell, vessel_header, vessel_mean_std_cells
 from nnunet_fm.tools.sfr_report import copy_test_set, pseudolabel_into, train_config
 from nnunet_fm.unlabelled import add_unlabelled
 
@@ -55,6 +54,9 @@ METHODS = (*TRAINED[:3], TRAINED[2] + STUDENT, TRAINED[3], TRAINED[3] + STUDENT)
 MEAN_TEACHER = ("ssl=mean_teacher", "predict_with=teacher")
 #: configuration names differ per method, so prediction folders (named trainer__configuration__fold) never clash
 CONFIGURATION_PREFIX = dict(zip(TRAINED, ("labelled", "self-training", "mt", "sfr")))
+CLASSES = {"1": "artery", "2": "vein"}
+#: the score columns of both tables: Dice (mean, per class), then clDice (binary, per class), binary Betti-0 error
+SCORE_HEADER = ["mean Dice", *CLASSES.values(), *vessel_header(list(CLASSES.values()))]
 
 
 def _schedule(epochs: int, iterations: int) -> list[str]:
@@ -184,7 +186,7 @@ def run_seed(ws: Workspace, source: Path, shots: int, seed: int, args: argparse.
 
 
 def summarise(records: list[dict]) -> list[list[str]]:
-    """Rows per K and method: mean ± std over seeds of mean and per-class Dice, then each seed's mean Dice."""
+    """Rows per K and method: mean ± std over seeds of SCORE_HEADER's scores, then each seed's mean Dice."""
     rows = []
     for shots in sorted({r["shots"] for r in records}):
         for method in METHODS:
@@ -193,21 +195,22 @@ def summarise(records: list[dict]) -> list[list[str]]:
             )
             if not group:
                 continue
-            cells = [method, str(shots), str(len(group)), *_dice_cells(group)]
+            cells = [method, str(shots), str(len(group)), *_score_cells(group)]
             cells.append(", ".join(f"s{r['seed']}: {r['mean_dice']:.4f}" for r in group))
             rows.append(cells)
     return rows
 
 
-def _dice_cells(records: list[dict]) -> list[str]:
-    """``mean ± std`` over ``records`` of the mean Dice and of each class's Dice (artery, vein)."""
-    cells = []
-    for values in (
-        [r["mean_dice"] for r in records],
-        *([r["per_class_dice"].get(c, 0.0) for r in records] for c in ("1", "2")),
-    ):
-        cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}")
-    return cells
+def _score_cells(records: list[dict]) -> list[str]:
+    """``mean ± std`` over ``records`` of each SCORE_HEADER column (``-`` where a record predates the metric)."""
+    cells = [
+        mean_std_cell(values)
+        for values in (
+            [r["mean_dice"] for r in records],
+            *([r["per_class_dice"].get(c, 0.0) for r in records] for c in CLASSES),
+        )
+    ]
+    return cells + vessel_mean_std_cells(records, list(CLASSES))
 
 
 def ablation(ws: Workspace, dataset_id: int, name: str, settings: list[str], args: argparse.Namespace) -> dict:
@@ -237,14 +240,14 @@ def ablation_rows(ws: Workspace) -> list[list[str]]:
     for stem, runs in groups.items():
         extra = runs[0][1]["settings"][len(_schedule(0, 0)) + 1 :]  # after the schedule and few_shot_k=null
         cells = [stem, str(runs[0][1]["dataset"]), " ".join(extra) or "(none)", str(len(runs))]
-        cells += _dice_cells([r for _, r in runs])
+        cells += _score_cells([r for _, r in runs])
         cells.append(", ".join(f"{r['mean_dice']:.4f}" for _, r in runs))
         rows.append(cells)
     return rows
 
 
 def to_markdown(records: list[dict]) -> str:
-    header = ["method", "K", "seeds", "mean Dice", "artery", "vein", "per seed (mean Dice)"]
+    header = ["method", "K", "seeds", *SCORE_HEADER, "per seed (mean Dice)"]
     return markdown_table(header, summarise(records))
 
 
@@ -272,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(args.workdir).resolve()
     ws = Workspace(workdir, log=workdir / "commands.log")
     if args.ablations_table:
-        header = ["ablation", "dataset", "settings", "runs", "mean Dice", "artery", "vein", "per run (mean Dice)"]
+        header = ["ablation", "dataset", "settings", "runs", *SCORE_HEADER, "per run (mean Dice)"]
         print(markdown_table(header, ablation_rows(ws)))
         return
     if args.ablate is not None:
