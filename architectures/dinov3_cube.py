@@ -41,6 +41,14 @@ from torch import Tensor, nn
 from nnunet_fm.blocks import ConvNormAct, upsample_inplane
 from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenDINOv3, no_fp16_autocast, zchannel_slices
 from nnunet_fm.options import SIGNATURE, Option
+from nnunet_fm.slice_axis import (
+    SLICE_AXIS_OPTION,
+    check_slice_axis,
+    from_canonical,
+    slices_back,
+    slices_first,
+    to_canonical,
+)
 from nnunet_fm.two_pass import run_cubes
 
 __all__ = ["CubeDepthEmbedding", "CubeHead", "DINOv3Cube", "valid_cube_sizes"]
@@ -133,8 +141,13 @@ class DINOv3Cube(nn.Module):
 
     fm_options = (
         *ENCODER_OPTIONS,
+        SLICE_AXIS_OPTION,
         Option(
-            "cube_size", SIGNATURE, "Sub-cube size [D, H, W] (null = one cube = the whole patch).", "int_list", True
+            "cube_size",
+            SIGNATURE,
+            "Sub-cube size [D, H, W], D along the slice axis (null = one cube = the whole patch).",
+            "int_list",
+            True,
         ),
         Option("separate_arms", SIGNATURE, "One decoding arm per cube position instead of a shared one.", "bool"),
     )
@@ -155,11 +168,14 @@ class DINOv3Cube(nn.Module):
         up_widths: Sequence[int] = (48, 32, 24, 16),
         detail_width: int = 8,
         refine_convs: int = 2,
+        slice_axis: int = 0,
     ) -> None:
         super().__init__()
-        self.patch_size = [int(p) for p in patch_size]
-        if len(self.patch_size) != 3:
-            raise ValueError(f"DINOv3Cube: patch_size must have 3 entries (D, H, W), got {self.patch_size}.")
+        self.slice_axis = check_slice_axis(slice_axis)
+        if len(patch_size) != 3:
+            raise ValueError(f"DINOv3Cube: patch_size must have 3 entries (D, H, W), got {list(patch_size)}.")
+        self.input_patch_size = [int(p) for p in patch_size]  # nnU-Net's axis order
+        self.patch_size = to_canonical(self.input_patch_size, self.slice_axis)  # slices first
         self.encoder = FrozenDINOv3(
             encoder,
             taps=tuple(taps),
@@ -182,7 +198,8 @@ class DINOv3Cube(nn.Module):
         cells = list(np.ndindex(*self.grid))
         self.num_cubes = len(cells)
         self._regions: list[Region] = [
-            tuple(slice(i * c, (i + 1) * c) for i, c in zip(cell, self.cube_size)) for cell in cells
+            tuple(from_canonical([slice(i * c, (i + 1) * c) for i, c in zip(cell, self.cube_size)], self.slice_axis))
+            for cell in cells
         ]
         self._cube_layers = [int(cell[0]) for cell in cells]
         self.separate_arms = bool(separate_arms)
@@ -206,11 +223,11 @@ class DINOv3Cube(nn.Module):
         return [h.classifier for h in self.heads]
 
     def cube_slices(self, spatial_shape: Sequence[int]) -> list[Region]:
-        """Regions of the cubes tiling a patch, in cube-index order (the shape must equal patch_size)."""
-        if [int(s) for s in spatial_shape] != self.patch_size:
+        """Regions of the cubes tiling a patch (input axis order), in cube-index order (shape = patch_size)."""
+        if [int(s) for s in spatial_shape] != self.input_patch_size:
             raise ValueError(
                 f"DINOv3Cube: input spatial shape {list(spatial_shape)} differs from the patch_size "
-                f"{self.patch_size} the network was built for."
+                f"{self.input_patch_size} the network was built for."
             )
         return list(self._regions)
 
@@ -227,7 +244,8 @@ class DINOv3Cube(nn.Module):
 
     @torch.no_grad()
     def encode_cube(self, x_cube: Tensor, cube_index: int) -> Tensor:
-        """Frozen features of one cube: the taps concatenated, ``[B, T*E, d, H/16, W/16]``."""
+        """Frozen features of one cube (input axis order): the taps concatenated, ``[B, T*E, d, H/16, W/16]``."""
+        x_cube = slices_first(x_cube, self.slice_axis)
         b, _, d = x_cube.shape[:3]
         taps = self.encoder(self._rgb_slices(x_cube, cube_index))
         feats = torch.cat(taps, dim=1)
@@ -235,10 +253,13 @@ class DINOv3Cube(nn.Module):
         return feats.view(b, d, f, h, w).transpose(1, 2).contiguous()
 
     def decode_cube(self, features: Tensor, x_cube: Tensor, cube_index: int) -> Tensor:
-        """Trainable head of one cube: logits ``[B, num_classes, d, H, W]``."""
+        """Trainable head of one cube: logits in the input's axis order (``[B, num_classes, d, H, W]`` when
+        ``slice_axis`` is 0); ``features`` as :meth:`encode_cube` returns them (slices first)."""
         head = self.heads[cube_index if self.separate_arms else 0]
+        x_cube = slices_first(x_cube, self.slice_axis)
         with no_fp16_autocast(x_cube.device.type):  # the head's first conv sees the ViT's raw outliers
-            return head(features, x_cube, self.depth_embed, self._cube_layer(cube_index))
+            logits = head(features, x_cube, self.depth_embed, self._cube_layer(cube_index))
+        return slices_back(logits, self.slice_axis)
 
     def forward(self, x: Tensor) -> Tensor:
         """Encode and decode every cube and re-assemble ``[B, num_classes, D, H, W]``."""

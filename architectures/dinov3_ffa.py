@@ -12,12 +12,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm, LayerScale, Mlp, trunc_normal_
+from timm.layers import DropPath, LayerNorm, LayerScale, Mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nnunet_fm.blocks import ConvNormAct, IntOrTuple, SqueezeExcite, as_tuple, resize_inplane, upsample_inplane
 from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenDINOv3, no_fp16_autocast, zchannel_slices
+from nnunet_fm.slice_axis import SLICE_AXIS_OPTION, check_slice_axis, slices_back, slices_first
 
 __all__ = [
     "ChunkedHRHead2d",
@@ -151,7 +152,8 @@ class DINOv3FFA(nn.Module):
     """Frozen DINOv3 + 3D pyramidal adapter + parallel FFA aggregator + UNETR-Lite decoder + heads.
 
     ``forward(x[B, C_in, D, H, W]) -> logits[B, num_classes, D, H, W]`` (float32); H and W must be
-    multiples of 16, any ``D`` in ``[1, agg_max_slices]``.
+    multiples of 16, any ``D`` in ``[1, agg_max_slices]``. With ``slice_axis`` s > 0 the input's spatial axis s
+    holds the slices (nnU-Net's transposed layout): it is moved to D first and the logits moved back.
 
     Input mapping (``z = slice_index / D`` within the patch, the "Z-channel"):
 
@@ -171,7 +173,7 @@ class DINOv3FFA(nn.Module):
     The constructor never loads encoder weights; call ``network.encoder.load_weights(...)``.
     """
 
-    fm_options = ENCODER_OPTIONS
+    fm_options = (*ENCODER_OPTIONS, SLICE_AXIS_OPTION)
 
     def __init__(
         self,
@@ -201,8 +203,10 @@ class DINOv3FFA(nn.Module):
         hr_channels: int = 128,
         hr_skip_channels: int = 16,
         hr_chunk_slices: int = 16,
+        slice_axis: int = 0,
     ) -> None:
         super().__init__()
+        self.slice_axis = check_slice_axis(slice_axis)
         taps = tuple(int(t) for t in taps)
         if len(taps) != 3:
             raise ValueError(f"DINOv3FFA aggregates exactly 3 taps (low, mid, high ViT blocks), got {taps}")
@@ -279,9 +283,10 @@ class DINOv3FFA(nn.Module):
         return zchannel_slices(x, z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = slices_first(x, self.slice_axis)  # the encoder sees raw axial slices (nnunet_fm.slice_axis)
         self._check_input(x)
         with no_fp16_autocast(x.device.type):  # the aggregator sees the ViT's raw outliers
-            return self._forward(x)
+            return slices_back(self._forward(x), self.slice_axis)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, d, h, w = x.shape
@@ -530,8 +535,9 @@ class PooledSpatialAttention(nn.Module):
     """Global attention within each slice with pooled keys/values.
 
     Input/output ``[B, D, h, w, C]``. Queries come from all ``h*w`` tokens of a slice; keys and
-    values from the slice average-pooled to ``ceil(h/pool) x ceil(w/pool)`` (exact ``pool x pool``
-    averaging when h, w are multiples of ``pool``).
+    values from ``pool x pool`` average pooling with stride ``pool``, flooring as the reference's
+    ``nn.AvgPool2d(kv_down, kv_down)`` does (vesselbridge3d ``train.py`` l. 834: 21x21 tokens -> 10x10, the
+    last row and column unpooled); an axis shorter than ``pool`` is averaged whole.
     """
 
     def __init__(self, dim: int, attn_dim: int, num_heads: int, pool: int = 2) -> None:
@@ -547,10 +553,10 @@ class PooledSpatialAttention(nn.Module):
         b, d, h, w, c = x.shape
         n = b * d
         t = x.reshape(n, h, w, c)
-        ph, pw = -(-h // self.pool), -(-w // self.pool)
-        pooled = F.adaptive_avg_pool2d(t.permute(0, 3, 1, 2), (ph, pw)).flatten(2).transpose(1, 2)
+        kernel = (min(self.pool, h), min(self.pool, w))
+        pooled = F.avg_pool2d(t.permute(0, 3, 1, 2), kernel).flatten(2).transpose(1, 2)
         q = self.q(t.reshape(n, h * w, c)).reshape(n, h * w, self.num_heads, self.head_dim).transpose(1, 2)
-        kv = self.kv(pooled).reshape(n, ph * pw, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        kv = self.kv(pooled).reshape(n, pooled.shape[1], 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         o = F.scaled_dot_product_attention(q, kv[0], kv[1])
         o = self.proj(o.transpose(1, 2).reshape(n, h * w, -1))
         return o.reshape(b, d, h, w, c)
@@ -613,9 +619,9 @@ class FFACore(nn.Module):
         _check_heads(int(dim * attn_ratio), num_heads)
         self.max_slices = int(max_slices)
         self.grad_checkpointing = bool(grad_checkpointing)
-        self.slice_pos = nn.Parameter(torch.zeros(self.max_slices, dim))
+        # vesselbridge3d train.py l. 932-933: nn.Embedding(max_depth, c), i.e. N(0, 1) rows, and a gain of 1
+        self.slice_pos = nn.Parameter(torch.randn(self.max_slices, dim))
         self.slice_pos_gain = nn.Parameter(torch.ones(()))
-        trunc_normal_(self.slice_pos, std=0.02)
         self.stem = nn.ModuleList([ConvNormAct(dim, dim, 3, norm_groups=norm_groups) for _ in range(stem_depth)])
         self.blocks = nn.ModuleList(
             [FFABlock(dim, num_heads, attn_ratio, mlp_ratio, drop_path, rope_base, kv_pool) for _ in range(depth)]

@@ -21,6 +21,7 @@ from nnunet_fm.file_names import MANIFEST_NAME
 from nnunet_fm.hooks.splits import NNUNET_FOLDS, few_case_note
 from nnunet_fm.options import declared_options, fixed_options, network_options, resolve_options
 from nnunet_fm.preprocessing_plan import check_preprocessing_keys, preprocessing_entries
+from nnunet_fm.slice_axis import from_canonical, slice_axis_from_transpose, to_canonical
 from nnunet_fm.templates import (
     STRUCTURAL_KEYS,
     Template,
@@ -129,6 +130,10 @@ def _check_structural(structural: dict) -> None:
     batch = structural.get("batch_size")
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise UserInputError(f"batch_size must be a positive int; got {batch!r}.")
+    if not isinstance(structural.get("batch_dice", False), bool | None):
+        raise UserInputError(
+            f"batch_dice must be true, false or null (the parent's); got {structural['batch_dice']!r}."
+        )
 
 
 @dataclass
@@ -173,6 +178,11 @@ def build_configuration(plans: dict, template: Template, overrides: dict[str, An
             "arch_kwargs": {**template.arch_kwargs, **arch_overrides},
             "_kw_requires_import": [],
         }
+    slice_axis = 0  # patch rules and the whole-slice view apply to [slice axis, in-plane, in-plane]
+    if architecture is not None and "slice_axis" in template.network_options():
+        kwargs = architecture["arch_kwargs"]
+        kwargs.setdefault("slice_axis", slice_axis_from_transpose(plans.get("transpose_forward", [0, 1, 2])))
+        slice_axis = kwargs["slice_axis"]
     effective_arch = architecture or parent.get("architecture")
     network_values = {
         k: v.value
@@ -184,31 +194,55 @@ def build_configuration(plans: dict, template: Template, overrides: dict[str, An
     inplane_size = structural.get("inplane_size", template.inplane_size)
     max_depth = structural.get("max_depth", template.max_depth)
     check_preprocessing_keys(intensity, inplane_size, max_depth)
+
+    def canonical(values: list) -> list:
+        return to_canonical(values, slice_axis) if len(values) == 3 else list(values)
+
+    def nnunet_order(values: list) -> list:
+        return from_canonical(values, slice_axis) if len(values) == 3 else list(values)
+
+    geometry_keys = ("spacing", "median_image_size_in_voxels", "patch_size")
+    parent_view = {**parent, **{k: canonical(parent[k]) for k in geometry_keys}}
     preprocessing, whole_slice_patch = preprocessing_entries(
-        parent,
+        parent_view,
         plans.get("plans_name", "nnUNetPlans"),
         template.parent,
         intensity,
         inplane_size,
         max_depth,
     )
+    if "spacing" in preprocessing:
+        preprocessing["spacing"] = nnunet_order(preprocessing["spacing"])
     user_patch = structural.get("patch_size")
-    base_patch = whole_slice_patch or parent["patch_size"]
+    if user_patch is not None:
+        user_patch = canonical(user_patch)
+    base_patch = whole_slice_patch or parent_view["patch_size"]
     use_global = structural.get("global_patch", template.global_patch)
     if not isinstance(use_global, bool):
         raise UserInputError(f"global_patch={use_global!r} is not valid: expected true or false.")
     if use_global:
         multiples = patch_multiples(template.patch, len(base_patch), effective_arch, {**network_values, **options})
-        base_patch = global_patch_size(parent["median_image_size_in_voxels"], multiples)
-    patch = resolve_patch(
-        template.patch,
-        user_patch or base_patch,
-        effective_arch,
-        {**network_values, **options},
-        user_given=user_patch is not None,
+        base_patch = global_patch_size(parent_view["median_image_size_in_voxels"], multiples)
+    patch = nnunet_order(
+        resolve_patch(
+            template.patch,
+            user_patch or base_patch,
+            effective_arch,
+            {**network_values, **options},
+            user_given=user_patch is not None and slice_axis == 0,
+        )
     )
+    if user_patch is not None and patch != nnunet_order(user_patch):
+        raise UserInputError(
+            f"patch_size {nnunet_order(user_patch)} breaks the template's patch rules {json.dumps(template.patch)}, "
+            f"which apply to [slice axis, in-plane, in-plane] (slice_axis {slice_axis}). Nearest valid patch: "
+            f"{patch}; use --set patch_size={json.dumps(patch).replace(' ', '')}."
+        )
     config: dict[str, Any] = {"inherits_from": template.parent, "patch_size": patch, **preprocessing}
     config["batch_size"] = structural.get("batch_size") or template.batch_size or parent["batch_size"]
+    batch_dice = structural.get("batch_dice", template.batch_dice)
+    if batch_dice is not None:
+        config["batch_dice"] = batch_dice
     if architecture is not None:
         config["architecture"] = architecture
     config.update(options)
@@ -325,4 +359,34 @@ def show_configuration(
     else:
         lines.append(f"  network {network_name or '?'} (nnU-Net's; see its arch_kwargs in the plans file)")
     lines.append(f"  patch_size {resolved['patch_size']}, batch_size {resolved['batch_size']}")
+    own = plans["configurations"][configuration]
+    if "batch_dice" in user_keys:
+        dice_source = "plans (--set)"
+    elif "batch_dice" in own:
+        dice_source = f"plans (template {template.name})" if template is not None else "plans"
+    else:
+        dice_source = f"inherited from {own.get('inherits_from', 'the parent')}"
+    mode = "Dice pooled over the batch" if resolved.get("batch_dice") else "Dice per sample"
+    lines.append(f"  batch_dice {json.dumps(resolved.get('batch_dice'))} ({mode})  [{dice_source}]")
+    lines.append("  " + slicing_summary(plans.get("transpose_forward", [0, 1, 2]), architecture.get("arch_kwargs")))
+    oversample = resolve_options(declared_options(trainer_cls), resolved, trainer, fixed_options(trainer_cls)).get(
+        "oversample_foreground_percent"
+    )
+    if oversample is not None:
+        lines.append(f"  foreground oversampling {oversample.value} of each batch ({oversample.source})")
     return "\n".join(lines)
+
+
+def slicing_summary(transpose_forward: list[int], arch_kwargs: dict | None) -> str:
+    """Which raw-image axis the configuration's 2D encoder slices (or its per-slice rules use)."""
+    order = [int(a) for a in transpose_forward]
+    if arch_kwargs is not None and "slice_axis" in arch_kwargs:
+        axis = int(arch_kwargs["slice_axis"])
+        raw = order[axis]
+        kind = "axial slices" if raw == 0 else "NOT the axial slices (raw axis 0); re-run plans add to fix"
+        return (
+            f"slices: patch axis {axis} = raw image axis {raw} ({kind}; transpose_forward {order}); the 2D encoder "
+            "and the per-slice loss mask run along it"
+        )
+    axis = order.index(0)
+    return f"slices: per-slice loss mask along patch axis {axis} = raw image axis 0 (transpose_forward {order})"

@@ -27,6 +27,8 @@ STRUCTURAL_KEYS = {
     "inplane_size": "Whole-slice view: in-plane spacing chosen so the median slice spans this many voxels; patch "
     "[min(max_depth, median depth), N, N]. null: the parent's spacing and patch.",
     "max_depth": "Patch depth cap used with inplane_size.",
+    "batch_dice": "nnU-Net's Dice mode: true pools Dice over the batch, false computes it per sample. null: the "
+    "parent's (nnU-Net plans true for 3d_fullres when it also plans 3d_lowres).",
     "global_patch": "true: the patch covers the dataset's median image (rounded up to the patch rules), so a "
     "median case is predicted in one window and positions inside the patch are positions in the volume.",
 }
@@ -51,6 +53,7 @@ class Template:
     inplane_size: int | None = None
     max_depth: int = 64
     global_patch: bool = False
+    batch_dice: bool | None = None  # None: the parent configuration's
     arch_kwargs: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
 
@@ -121,7 +124,10 @@ def describe_templates() -> str:
         t = load_template(name)
         lines.append(f"{name}: {t.description}")
         lines.append(f"  configuration: {t.configuration} (inherits_from {t.parent}); trainer: {t.trainer}")
-        lines.append(f"  patch rules: {json.dumps(t.patch)}; batch_size: {t.batch_size or 'parent'}")
+        lines.append(
+            f"  patch rules: {json.dumps(t.patch)}; batch_size: {t.batch_size or 'parent'}; batch_dice: "
+            f"{'parent' if t.batch_dice is None else json.dumps(t.batch_dice)}"
+        )
         lines.append(
             f"  intensity: {t.intensity}; inplane_size: {t.inplane_size}; max_depth: {t.max_depth}; "
             f"global_patch: {json.dumps(t.global_patch)}"

@@ -162,9 +162,24 @@ def test_attention_mixing_axes() -> None:
     expected[0, :, 2, 3] = True  # only the same in-plane position, every slice
     assert torch.equal(changed, expected)
     spatial = PooledSpatialAttention(16, 8, 2)
-    changed = (spatial(x2) - spatial(x)).abs().sum(-1) > 1e-6
+    x3 = x.clone()
+    x3[0, 1, 1, 2] += 1.0  # a token inside the pooled 2x4 area of the 3x5 slice
+    changed = (spatial(x3) - spatial(x)).abs().sum(-1) > 1e-6
     expected = torch.zeros_like(changed)
     expected[0, 1] = True  # every position of the same slice only
+    assert torch.equal(changed, expected)
+
+
+def test_pooled_keys_floor_like_the_reference() -> None:
+    """vesselbridge3d train.py l. 834: nn.AvgPool2d(2, 2) pools 21x21 tokens to 10x10; row/column 20 give no key."""
+    torch.manual_seed(0)
+    spatial = PooledSpatialAttention(16, 8, 2)
+    x = torch.randn(1, 1, 21, 21, 16)
+    x2 = x.clone()
+    x2[0, 0, 20, 5] += 1.0  # last row: outside every pooled key
+    changed = (spatial(x2) - spatial(x)).abs().sum(-1) > 1e-6
+    expected = torch.zeros_like(changed)
+    expected[0, 0, 20, 5] = True  # only its own query changes
     assert torch.equal(changed, expected)
 
 

@@ -56,6 +56,7 @@ class _Trainer(MeanTeacherMixin, _Base):
             "consistency_weight": 2.0,
             "consistency_rampup_epochs": 0,
             "consistency_noise": 0.0,
+            "supervised_weight": 1.0,  # the plain step's scale, so steps compare with it directly
             **options,
         }
         self.loss = SliceMaskedLoss.dice_ce(None, IGNORE, 0.0, 0.0)
@@ -106,6 +107,18 @@ def test_consistency_is_zero_for_identical_student_teacher_and_inputs():
     with torch.no_grad():
         supervised = trainer.loss(trainer.network(batch["data"]), batch["target"])
     assert trainer.forward_backward(batch["data"], batch["target"]).item() == pytest.approx(supervised.item())
+
+
+def test_supervised_term_is_weighted_as_in_ssl4mis():
+    """SSL4MIS train_mean_teacher_3D.py l. 154: supervised_loss = 0.5 * (loss_dice + loss_ce); 0.5 is the default."""
+    assert {o.name: o.default for o in MeanTeacherMixin.fm_options}["supervised_weight"] == 0.5
+    batch = _batch()
+    full, half = _Trainer(consistency_weight=0.0), _Trainer(consistency_weight=0.0, supervised_weight=0.5)
+    loss_full = full.forward_backward(batch["data"], batch["target"])
+    loss_half = half.forward_backward(batch["data"], batch["target"])
+    assert loss_half.item() == pytest.approx(0.5 * loss_full.item())
+    for p_full, p_half in zip(full.network.parameters(), half.network.parameters()):
+        torch.testing.assert_close(p_half.grad, 0.5 * p_full.grad)
 
 
 def test_without_consistency_a_step_equals_the_plain_step_for_any_teacher():
@@ -428,7 +441,7 @@ def test_without_consistency_a_real_step_with_unlabelled_rows_equals_the_plain_s
 
 
 def _step_with_and_without_unlabelled_rows(nnunet_env):
-    settings = {"ssl": "mean_teacher", "consistency_weight": 0.0, "few_shot_k": None}
+    settings = {"ssl": "mean_teacher", "consistency_weight": 0.0, "supervised_weight": 1.0, "few_shot_k": None}
     trainer = _fm_unet_trainer(nnunet_env, "3d_mt_step", settings)
     trainer.initialize()
     torch.manual_seed(0)

@@ -8,6 +8,7 @@ from nnunet_fm.hooks.augmentation import AugmentationMixin
 from nnunet_fm.hooks.budget import EpochBudgetMixin
 from nnunet_fm.hooks.checkpoint import AtomicCheckpointMixin
 from nnunet_fm.hooks.class_balance import ClassBalanceMixin
+from nnunet_fm.hooks.crop_sampling import ForegroundOversamplingMixin
 from nnunet_fm.hooks.few_shot import FewShotMixin
 from nnunet_fm.hooks.mean_teacher import MeanTeacherMixin
 from nnunet_fm.hooks.network import FrozenEncoderWeightsMixin, PlansNetworkMixin
@@ -22,6 +23,7 @@ from nnunet_fm.hooks.train_step import AmpClipTrainStepMixin
 class nnUNetTrainerFMBase(
     PlansOptionsMixin,
     MeanTeacherMixin,
+    ForegroundOversamplingMixin,
     AtomicCheckpointMixin,
     EpochBudgetMixin,
     AugmentationMixin,

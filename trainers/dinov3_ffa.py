@@ -18,6 +18,7 @@ class nnUNetTrainerDINOv3FFA(nnUNetTrainerFMFrozenEncoder):
         "augmentation": "reference",
         "mirror_axes": None,
         "dice_present_classes_only": True,  # train.py ~1035
+        "oversample_foreground_percent": 0.0,  # train.py l. 1163-1165: one uniform random crop per volume
     }
 
 

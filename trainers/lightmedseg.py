@@ -5,6 +5,7 @@ from __future__ import annotations
 from nnunet_fm.architectures.lightmedseg import DiceCEBoundaryLoss
 from nnunet_fm.hooks.slice_mask import MASK_VALUE, SliceMaskedLoss
 from nnunet_fm.options import Option
+from nnunet_fm.slice_axis import configured_slice_axis
 from nnunet_fm.trainers.base import nnUNetTrainerFMAdamW
 
 
@@ -23,12 +24,18 @@ class nnUNetTrainerLightMedSeg(nnUNetTrainerFMAdamW):
     )
     fm_unread = ("bg_weight", "use_mfb", "dice_present_classes_only")  # its own loss (paper §3.7)
     fm_defaults = {
-        "num_epochs": 300,  # paper §4: 300 epochs = 300 passes over the training cases
-        "num_iterations_per_epoch": None,
-        "num_val_iterations_per_epoch": None,
+        # paper §4: 300 epochs under nnFormer's protocol, whose epoch is nnU-Net v1's 250 training / 50 validation
+        # iterations (nnU-Net v1 network_trainer.py, which nnFormer builds on: num_batches_per_epoch = 250,
+        # num_val_batches_per_epoch = 50), not one pass: 300 x 250 = 75,000 optimiser steps
+        "num_epochs": 300,
+        "num_iterations_per_epoch": 250,
+        "num_val_iterations_per_epoch": 50,
         "initial_lr": 1e-3,
         "weight_decay": 1e-4,
         "warmup_epochs": 10,
+        # §4: "cosine annealing ... with a minimum learning rate"; the value is lost from the paper's text (as are
+        # the initial lr and weight decay above): 1e-6 is this plugin's choice
+        "min_lr": 1e-6,
         # paper §4 names no gradient clipping, prior-bias init or logit clamp
         "grad_clip": 0.0,
         "init_prior_bias": False,
@@ -49,4 +56,5 @@ class nnUNetTrainerLightMedSeg(nnUNetTrainerFMAdamW):
             float(self.fm_option("depth_min_fg_frac")),
             float(self.fm_option("logit_clamp")),
             ignore_label,
+            configured_slice_axis(self.plans_manager, self.configuration_manager),
         )

@@ -9,6 +9,7 @@ import torch
 
 from nnunet_fm.hooks.slice_mask import SliceMaskedLoss
 from nnunet_fm.options import Option
+from nnunet_fm.slice_axis import configured_slice_axis
 
 
 def label_counts(segmentations, num_classes: int, ignore_label: int | None) -> np.ndarray:
@@ -105,4 +106,5 @@ class ClassBalanceMixin:
             batch_dice=self.configuration_manager.batch_dice,
             ddp=self.is_ddp,
             present_classes_only=bool(self.fm_option("dice_present_classes_only")),
+            slice_axis=configured_slice_axis(self.plans_manager, self.configuration_manager),
         )

@@ -173,6 +173,13 @@ class MeanTeacherMixin:
         Option("ema_decay", 0.99, "Mean Teacher: EMA decay of the teacher.", "float", minimum=0.0, maximum=1.0),
         Option("consistency_weight", 0.1, "Mean Teacher: weight of the consistency loss.", "float", minimum=0.0),
         Option(
+            "supervised_weight",
+            0.5,
+            "Mean Teacher: weight of the supervised Dice + CE (SSL4MIS: 0.5 * (Dice + CE)).",
+            "float",
+            minimum=0.0,
+        ),
+        Option(
             "consistency_rampup_epochs",
             None,
             "Mean Teacher: epochs of the sigmoid ramp-up (null: the whole run, num_epochs).",
@@ -339,7 +346,8 @@ class MeanTeacherMixin:
         if not self.fm_ssl:
             return super().forward_backward(data, target)
         supervised, consistency = self.fm_step_losses(data, target)
-        loss = supervised + self.fm_consistency_weight() * consistency
+        # SSL4MIS code/train_mean_teacher_3D.py l. 154-158: 0.5 * (dice + ce) + consistency_weight * consistency
+        loss = float(self.fm_option("supervised_weight")) * supervised + self.fm_consistency_weight() * consistency
         self.scale_loss(loss).backward()
         return loss
 

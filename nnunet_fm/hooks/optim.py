@@ -10,23 +10,23 @@ from torch.optim.lr_scheduler import LRScheduler
 from nnunet_fm.options import Option
 
 
-def warmup_cosine_lr(epoch: int, peak_lr: float, warmup: int, total: int) -> float:
-    """Learning rate at ``epoch``: linear warmup to ``peak_lr`` over ``warmup`` epochs, then cosine to 0."""
+def warmup_cosine_lr(epoch: int, peak_lr: float, warmup: int, total: int, min_lr: float = 0.0) -> float:
+    """Learning rate at ``epoch``: linear warmup to ``peak_lr`` over ``warmup`` epochs, then cosine to ``min_lr``."""
     if epoch < warmup:
         return peak_lr * (epoch + 1) / warmup
     progress = (epoch - warmup) / max(1, total - warmup)
-    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 class WarmupCosineLR(LRScheduler):
     """``step(epoch)`` sets the learning rate of every param group to ``warmup_cosine_lr(epoch, ...)``."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, peak_lr: float, warmup: int, total: int):
-        self.peak_lr, self.warmup, self.total = peak_lr, warmup, total
+    def __init__(self, optimizer: torch.optim.Optimizer, peak_lr: float, warmup: int, total: int, min_lr: float = 0.0):
+        self.peak_lr, self.warmup, self.total, self.min_lr = peak_lr, warmup, total, min_lr
         super().__init__(optimizer, -1)
 
     def get_lr(self) -> list[float]:
-        return [warmup_cosine_lr(max(self.last_epoch, 0), self.peak_lr, self.warmup, self.total)] * len(
+        return [warmup_cosine_lr(max(self.last_epoch, 0), self.peak_lr, self.warmup, self.total, self.min_lr)] * len(
             self.optimizer.param_groups
         )
 
@@ -50,6 +50,13 @@ class AdamWWarmupCosineMixin:
             "int",
             minimum=0,
         ),
+        Option(
+            "min_lr",
+            0.0,
+            "Learning rate the cosine decay ends at (vesselbridge3d: 0, its lr_lambda ignores the yaml's min_lr).",
+            "float",
+            minimum=0.0,
+        ),
     )
 
     def configure_optimizers(self):
@@ -58,4 +65,12 @@ class AdamWWarmupCosineMixin:
         trainable = [p for p in self.network.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=self.initial_lr, weight_decay=self.weight_decay)
         warmup = min(int(self.fm_option("warmup_epochs")), self.num_epochs // 10)
-        return optimizer, WarmupCosineLR(optimizer, self.initial_lr, warmup, self.num_epochs)
+        min_lr = float(self.fm_option("min_lr"))
+        if min_lr > self.initial_lr:
+            from nnunet_fm.errors import UserInputError
+
+            raise UserInputError(
+                f"min_lr={min_lr} is above initial_lr={self.initial_lr}; the cosine decay must end below its peak. "
+                "Lower min_lr with `nnunet-fm plans add ... --set min_lr=...`."
+            )
+        return optimizer, WarmupCosineLR(optimizer, self.initial_lr, warmup, self.num_epochs, min_lr)

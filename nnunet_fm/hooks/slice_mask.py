@@ -16,9 +16,13 @@ def foreground_mask(target: torch.Tensor, ignore_label: int | None) -> torch.Ten
     return foreground
 
 
-def low_foreground_slices(target: torch.Tensor, threshold: float, ignore_label: int | None) -> torch.Tensor:
-    """Boolean [B, D]: slices (along axis 2 of a [B, 1, D, H, W] label batch) whose fg fraction < threshold."""
-    return foreground_mask(target, ignore_label).flatten(3).float().mean(-1)[:, 0] < threshold
+def low_foreground_slices(
+    target: torch.Tensor, threshold: float, ignore_label: int | None, slice_axis: int = 0
+) -> torch.Tensor:
+    """Boolean [B, S]: slices along spatial axis ``slice_axis`` of a [B, 1, X, Y, Z] label batch whose fg
+    fraction is below ``threshold``."""
+    foreground = foreground_mask(target, ignore_label)[:, 0].movedim(1 + slice_axis, 1)
+    return foreground.flatten(2).float().mean(-1) < threshold
 
 
 class PresentClassSoftDiceLoss(nn.Module):
@@ -56,10 +60,17 @@ class SliceMaskedLoss(nn.Module):
     """Wraps a loss that honours an ignore label: masks low-foreground slices, clamps logits, runs in fp32."""
 
     def __init__(
-        self, loss: nn.Module, mask_value: int, depth_min_fg_frac: float, logit_clamp: float, ignore_label: int | None
+        self,
+        loss: nn.Module,
+        mask_value: int,
+        depth_min_fg_frac: float,
+        logit_clamp: float,
+        ignore_label: int | None,
+        slice_axis: int = 0,
     ):
         super().__init__()
         self.loss = loss
+        self.slice_axis = slice_axis  # spatial axis of the slices (nnunet_fm.slice_axis: raw axial slices)
         self.mask_value = mask_value
         self.depth_min_fg_frac = depth_min_fg_frac
         self.logit_clamp = logit_clamp
@@ -75,6 +86,7 @@ class SliceMaskedLoss(nn.Module):
         batch_dice: bool = False,
         ddp: bool = False,
         present_classes_only: bool = False,
+        slice_axis: int = 0,
     ) -> SliceMaskedLoss:
         """nnU-Net's Dice + weighted CE (Dice over present classes only on request), wrapped with slice masking."""
         from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
@@ -90,14 +102,16 @@ class SliceMaskedLoss(nn.Module):
             ignore_label=mask_value,
             dice_class=PresentClassSoftDiceLoss if present_classes_only else MemoryEfficientSoftDiceLoss,
         )
-        return cls(base, mask_value, depth_min_fg_frac, logit_clamp, ignore_label)
+        return cls(base, mask_value, depth_min_fg_frac, logit_clamp, ignore_label, slice_axis)
 
     def mask_target(self, target: torch.Tensor) -> torch.Tensor:
         """Target with every voxel of a low-foreground slice set to the mask value."""
         if self.depth_min_fg_frac <= 0 or target.ndim != 5:
             return target
-        low = low_foreground_slices(target, self.depth_min_fg_frac, self.ignore_label)
-        return torch.where(low[:, None, :, None, None], torch.full_like(target, self.mask_value), target)
+        low = low_foreground_slices(target, self.depth_min_fg_frac, self.ignore_label, self.slice_axis)
+        shape = [low.shape[0], 1, 1, 1, 1]
+        shape[2 + self.slice_axis] = low.shape[1]
+        return torch.where(low.view(shape), torch.full_like(target, self.mask_value), target)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = self.mask_target(target)

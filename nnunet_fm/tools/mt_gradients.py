@@ -30,6 +30,7 @@ def gradient_norms(trainer, batch: dict, weight: float) -> tuple[float, float]:
     trainer._fm_batch_keys = batch.get("keys")
     try:
         supervised, consistency = trainer.fm_step_losses(batch["data"], batch["target"])
+        supervised = float(trainer.fm_option("supervised_weight")) * supervised
         norms = []
         for loss, keep in ((supervised, True), (weight * consistency, False)):
             grads = torch.autograd.grad(loss, params, retain_graph=keep, allow_unused=True)
