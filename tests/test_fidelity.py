@@ -2,6 +2,7 @@
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,7 +200,7 @@ def test_near_isotropic_dataset_trains_and_predicts_with_axial_slices_and_kept_g
     assert len(images) == 2
     for image_path in images:
         image = sitk.ReadImage(str(image_path))
-        prediction = sitk.ReadImage(str(scores["prediction"] / image_path.name.replace("_0000", "")))
+        prediction = sitk.ReadImage(str(Path(scores["prediction"]) / image_path.name.replace("_0000", "")))
         assert prediction.GetSize() == image.GetSize() == (16, 16, 20)
         assert np.allclose(prediction.GetSpacing(), image.GetSpacing())
         assert np.allclose(prediction.GetOrigin(), image.GetOrigin())
