@@ -1,5 +1,7 @@
 """The `augmentation` and `mirror_axes` plans keys: the reference pipeline's invariants, nnU-Net's unchanged."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -57,6 +59,8 @@ def test_reference_intensity_probabilities_and_no_flips():
 class _Trainer(AugmentationMixin, nnUNetTrainer):
     def __init__(self, options):  # no nnU-Net set-up: only the two hooks are exercised
         self.options = options
+        self.plans_manager = SimpleNamespace(transpose_forward=[0, 1, 2])
+        self.configuration_manager = SimpleNamespace(configuration={})
 
     def fm_option(self, name):
         return self.options[name]
@@ -89,3 +93,17 @@ def test_reference_noise_has_the_references_standard_deviation():
     torch.manual_seed(0)
     out = noise(image=torch.zeros(1, *PATCH))["image"]
     assert abs(float(out.std()) - 0.01) < 0.001
+
+
+def test_reference_affine_acts_in_the_plane_of_the_slice_axis():
+    """Data transposed by nnU-Net ([1, 0, 2]): the raw axial slices lie along spatial axis 1; the affine must move
+    them in their own plane and leave that axis alone."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    patch = (PATCH[1], PATCH[0], PATCH[2])  # [y, z, x]
+    pattern = torch.rand(1, PATCH[1], 1, PATCH[2])
+    depth_profile = torch.arange(1, PATCH[0] + 1, dtype=torch.float32).view(1, 1, -1, 1)
+    image = pattern * depth_profile  # raw slice z = (z + 1) * the same (y, x) pattern
+    out = ComposeTransforms(reference_transforms(patch, slice_axis=1)[:5])(image=image.clone())["image"]
+    assert out.shape == (1, *patch) and not torch.allclose(out, image)
+    torch.testing.assert_close(out / depth_profile, (out / depth_profile)[:, :, :1].expand_as(out))

@@ -39,8 +39,28 @@ def _mirror_axes_valid(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < 3 for a in value)
 
 
-def reference_transforms(patch_size) -> list:
-    """The reference's spatial + intensity augmentation (see the module docstring), without label handling."""
+def _slice_axis_transform(slice_axis: int, back: bool):
+    """A batchgeneratorsv2 transform moving spatial axis ``slice_axis`` of a (C, X, Y, Z) sample to the front
+    (``back``: from the front to ``slice_axis``), for image, segmentation and regression target alike."""
+    from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+
+    source, target = (1, 1 + slice_axis) if back else (1 + slice_axis, 1)
+
+    class MoveSliceAxis(BasicTransform):
+        def _apply_to_image(self, img, **params):
+            return img.movedim(source, target).contiguous()
+
+        _apply_to_segmentation = _apply_to_regr_target = _apply_to_image
+
+    return MoveSliceAxis()
+
+
+def reference_transforms(patch_size, slice_axis: int = 0) -> list:
+    """The reference's spatial + intensity augmentation (see the module docstring), without label handling.
+
+    The shared 2D affine acts in the plane of the slices along ``slice_axis`` (``nnunet_fm.slice_axis``: the raw
+    axial slices when nnU-Net transposed the data): that axis is moved first, folded into channels and back.
+    """
     from batchgeneratorsv2.transforms.intensity.brightness import (
         BrightnessAdditiveTransform,
         MultiplicativeBrightnessTransform,
@@ -51,9 +71,14 @@ def reference_transforms(patch_size) -> list:
     from batchgeneratorsv2.transforms.utils.pseudo2d import Convert2DTo3DTransform, Convert3DTo2DTransform
     from batchgeneratorsv2.transforms.utils.random import RandomTransform
 
-    inplane = [int(s) for s in patch_size[-2:]]
+    from nnunet_fm.slice_axis import to_canonical
+
+    inplane = [int(s) for s in to_canonical(patch_size, slice_axis)[1:]]
     angle = math.radians(REFERENCE_ROTATION_DEG)
+    to_front = [_slice_axis_transform(slice_axis, back=False)] if slice_axis else []
+    to_back = [_slice_axis_transform(slice_axis, back=True)] if slice_axis else []
     return [
+        *to_front,
         Convert3DTo2DTransform(),
         SpatialTransform(
             inplane,
@@ -68,6 +93,7 @@ def reference_transforms(patch_size) -> list:
             padding_value_seg=-1,
         ),
         Convert2DTo3DTransform(),
+        *to_back,
         RandomTransform(
             ComposeTransforms(
                 [
@@ -196,7 +222,11 @@ class AugmentationMixin:
 
             raise UserInputError(f"augmentation={choice!r} needs 3D patches; use augmentation=nnunet for 2D.")
         if choice == "reference":
-            transforms = reference_transforms(patch_size)
+            from nnunet_fm.slice_axis import configured_slice_axis
+
+            transforms = reference_transforms(
+                patch_size, configured_slice_axis(self.plans_manager, self.configuration_manager)
+            )
             if mirror_axes:
                 transforms.append(MirrorTransform(allowed_axes=mirror_axes))
         else:
