@@ -12,7 +12,7 @@ from nnunet_fm.templates import template_for_trainer
 DEMO_DATASET_ID = 901
 DEMO_SPEC = DemoSpec(shape=(24, 64, 64), spacing=(1.5, 0.7, 0.7))
 
-# The flagship trainer on CPU: tiny random-weight DINOv3-architecture encoder (real weights: see README).
+# The flagship trainer on CPU: tiny random-weight DINOv3-architecture encoder (real weights: documentation/recipes.md).
 FLAGSHIP = {
     "trainer": "nnUNetTrainerDINOv3FFA",
     "set": [
@@ -108,6 +108,7 @@ def run_demo(
     if trainer == FLAGSHIP["trainer"]:
         print(
             "Note: this demo used a tiny DINOv3-architecture encoder with RANDOM weights. For real results set "
-            "encoder_weights to a DINOv3 checkpoint (timm, Meta or HF format) or 'hub' when online; see README."
+            "encoder_weights to a DINOv3 checkpoint (timm, Meta or HF format) or 'hub' when online; see "
+            "documentation/recipes.md."
         )
     return {"trainer": trainer, "configuration": configuration, **scores, "overlay": str(png)}

@@ -368,7 +368,9 @@ def show_configuration(
         dice_source = f"inherited from {own.get('inherits_from', 'the parent')}"
     mode = "Dice pooled over the batch" if resolved.get("batch_dice") else "Dice per sample"
     lines.append(f"  batch_dice {json.dumps(resolved.get('batch_dice'))} ({mode})  [{dice_source}]")
-    lines.append("  " + slicing_summary(plans.get("transpose_forward", [0, 1, 2]), architecture.get("arch_kwargs")))
+    slicing_network = network_name.startswith("nnunet_fm.") and "slice_axis" in network_options(network)
+    transpose = plans.get("transpose_forward", [0, 1, 2])
+    lines.append("  " + slicing_summary(transpose, architecture.get("arch_kwargs"), slicing_network))
     oversample = resolve_options(declared_options(trainer_cls), resolved, trainer, fixed_options(trainer_cls)).get(
         "oversample_foreground_percent"
     )
@@ -377,11 +379,14 @@ def show_configuration(
     return "\n".join(lines)
 
 
-def slicing_summary(transpose_forward: list[int], arch_kwargs: dict | None) -> str:
-    """Which raw-image axis the configuration's 2D encoder slices (or its per-slice rules use)."""
+def slicing_summary(transpose_forward: list[int], arch_kwargs: dict | None, slicing_network: bool = False) -> str:
+    """Which raw-image axis the configuration's 2D encoder slices (or its per-slice rules use).
+
+    A slicing network without ``slice_axis`` (a configuration written before the option) slices patch axis 0.
+    """
     order = [int(a) for a in transpose_forward]
-    if arch_kwargs is not None and "slice_axis" in arch_kwargs:
-        axis = int(arch_kwargs["slice_axis"])
+    if slicing_network or (arch_kwargs is not None and "slice_axis" in arch_kwargs):
+        axis = int((arch_kwargs or {}).get("slice_axis", 0))
         raw = order[axis]
         kind = "axial slices" if raw == 0 else "NOT the axial slices (raw axis 0); re-run plans add to fix"
         return (

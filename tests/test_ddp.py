@@ -104,6 +104,7 @@ class _MeanTeacherOnly:
         "ssl": "mean_teacher",
         "consistency_noise": 0.1,
         "consistency_weight": 1.0,
+        "supervised_weight": 0.5,
         "consistency_rampup_epochs": 0,
         "ema_decay": 0.9,
     }

@@ -47,7 +47,7 @@ class PlansOptionsMixin:
                 "nnUNetTrainer, or give dataset.json integer class labels (BraTS: 1 necrosis, 2 oedema, 3 enhancing) "
                 "and train this trainer on the classes; nnUNetv2_evaluate_folder with a dataset.json that keeps the "
                 "regions (-djfile) then scores whole tumour / tumour core / enhancing tumour from the class "
-                "predictions, as the LightMedSeg paper does (README: 'Regions (BraTS)')."
+                "predictions, as the LightMedSeg paper does (documentation/recipes.md: 'Regions (BraTS)')."
             )
         self.fm_check_configuration(configuration)
         self._fm_options = self.fm_effective_options()
