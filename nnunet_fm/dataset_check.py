@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import SimpleITK as sitk
 from nnunet_fm.errors import UserInputError
 
 SPACING_TOLERANCE = 1e-3
+GEOMETRY_TOLERANCE = 1e-3  # mm for the origin, cosines for the direction
 
 
 def load_dataset_json(folder: Path) -> dict:
@@ -37,11 +39,76 @@ def case_identifiers(images_dir: Path, file_ending: str) -> list[str]:
     return sorted(p.name[: -len(suffix)] for p in images_dir.glob(f"*{suffix}"))
 
 
-def _geometry(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
+class UnreadableFileError(Exception):
+    """A file SimpleITK or nnU-Net's reader could not read; the message is the user-facing problem."""
+
+
+def _unreadable(path: Path, exc: Exception) -> UnreadableFileError:
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return UnreadableFileError(
+        f"{path.name} cannot be read ({first[:160]}); it is truncated or not a valid {''.join(path.suffixes)} "
+        "image: re-export or re-copy it from the source"
+    )
+
+
+def _check_gzip_stream(path: Path) -> None:
+    """ITK reads a truncated .gz without complaint (the missing voxels come back as zeros); gzip does not."""
+    if path.suffix != ".gz":
+        return
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 24):
+                pass
+    except (OSError, EOFError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _geometry(path: Path) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """(size, spacing, origin, direction) from the header."""
+    _check_gzip_stream(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    return tuple(reader.GetSize()), tuple(reader.GetSpacing())
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise _unreadable(path, exc) from exc
+    return tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()), tuple(reader.GetDirection())
+
+
+def _read_voxels(path: Path) -> np.ndarray:
+    try:
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    except RuntimeError as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _geometry_problems(case: str, path: Path, reference: Path, geometry: tuple, reference_geometry: tuple) -> list:
+    """Shape, spacing, origin and direction against the first channel (nnU-Net's verify_dataset_integrity compares
+    the same four, ``np.allclose``, but only warns about origin and direction; a misplaced label trains wrong)."""
+    (size, spacing, origin, direction), (ref_size, ref_spacing, ref_origin, ref_direction) = (
+        geometry,
+        reference_geometry,
+    )
+    if size != ref_size:
+        return [
+            f"case '{case}': {path.name} has shape {size} but {reference.name} has {ref_size} (x, y, z); all "
+            "channels and the label must share one grid"
+        ]
+    if not np.allclose(spacing, ref_spacing, atol=SPACING_TOLERANCE):
+        return [
+            f"case '{case}': {path.name} has spacing {spacing} but {reference.name} has {ref_spacing}; resample it "
+            "onto the image grid"
+        ]
+    problems = []
+    for name, value, expected in (("origin", origin, ref_origin), ("direction", direction, ref_direction)):
+        if not np.allclose(value, expected, atol=GEOMETRY_TOLERANCE):
+            problems.append(
+                f"case '{case}': {path.name} has {name} {tuple(round(v, 4) for v in value)} but {reference.name} "
+                f"has {tuple(round(v, 4) for v in expected)}; if only the header is wrong, copy the image's geometry "
+                "onto it (SimpleITK: label.CopyInformation(image), then WriteImage), else resample it onto the "
+                "image grid"
+            )
+    return problems
 
 
 def check_case(case: str, images_dir: Path, labels_dir: Path | None, meta: dict, allowed_labels: set[int]) -> list[str]:
@@ -58,30 +125,27 @@ def check_case(case: str, images_dir: Path, labels_dir: Path | None, meta: dict,
     # read as nnU-Net will (its reader for this dataset), so NaN is reported where nnU-Net would see it
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
-    reader = determine_reader_writer_from_dataset_json(meta, str(channel_files[0]), verbose=False)()
-    data, _ = reader.read_images([str(p) for p in channel_files])
+    label_file = labels_dir / f"{case}{ending}" if labels_dir is not None else None
+    if label_file is not None and not label_file.is_file():
+        return [f"case '{case}': label file {label_file} is missing"]
+    try:
+        reference_geometry = _geometry(channel_files[0])
+        others = [(p, _geometry(p)) for p in channel_files[1:] + ([label_file] if label_file is not None else [])]
+        reader = determine_reader_writer_from_dataset_json(meta, str(channel_files[0]), verbose=False)()
+        try:
+            data, _ = reader.read_images([str(p) for p in channel_files])
+        except Exception as exc:  # the reader's own error for a damaged file: name the file instead
+            bad = next((p for p in channel_files if _fails_to_read(p)), channel_files[0])
+            raise _unreadable(bad, exc) from exc
+        label = _read_voxels(label_file) if label_file is not None else None
+    except UnreadableFileError as exc:
+        return [f"case '{case}': {exc}"]
     if np.isnan(data).any():
         problems.append(f"case '{case}': its image contains NaN voxels; replace them (e.g. by the image minimum)")
-    reference_size, reference_spacing = _geometry(channel_files[0])
-    others = [(p, _geometry(p)) for p in channel_files[1:]]
-    label_file = labels_dir / f"{case}{ending}" if labels_dir is not None else None
-    if label_file is not None:
-        if not label_file.is_file():
-            return [f"case '{case}': label file {label_file} is missing"]
-        others.append((label_file, _geometry(label_file)))
-    for path, (size, spacing) in others:
-        if size != reference_size:
-            problems.append(
-                f"case '{case}': {path.name} has shape {size} but {channel_files[0].name} has "
-                f"{reference_size} (x, y, z); all channels and the label must share one grid"
-            )
-        elif not np.allclose(spacing, reference_spacing, atol=SPACING_TOLERANCE):
-            problems.append(
-                f"case '{case}': {path.name} has spacing {spacing} but {channel_files[0].name} has "
-                f"{reference_spacing}; resample it onto the image grid"
-            )
-    if label_file is not None and not problems:
-        values = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(label_file)))).astype(int).tolist())
+    for path, geometry in others:
+        problems += _geometry_problems(case, path, channel_files[0], geometry, reference_geometry)
+    if label is not None and not problems:
+        values = set(np.unique(label).astype(int).tolist())
         undeclared = sorted(values - allowed_labels)
         if undeclared:
             problems.append(
@@ -132,6 +196,14 @@ def allowed_label_values(meta: dict) -> set[int]:
     return values
 
 
+def _fails_to_read(path: Path) -> bool:
+    try:
+        _read_voxels(path)
+    except UnreadableFileError:
+        return True
+    return False
+
+
 def check_raw_dataset(folder: str | Path) -> list[str]:
     """Check every training (and test, if labelled) case of a raw dataset; raise listing all problems."""
     folder = Path(folder)
@@ -150,6 +222,13 @@ def check_raw_dataset(folder: str | Path) -> list[str]:
         cases = case_identifiers(images_dir, meta["file_ending"])
         if split == "Tr" and not cases:
             problems.append(f"{images_dir} holds no training case (files named CASE_0000{meta['file_ending']})")
+        declared = meta.get("numTraining")
+        if split == "Tr" and cases and declared != len(cases):
+            problems.append(
+                f"dataset.json says numTraining {declared!r} but {images_dir.name} holds {len(cases)} training "
+                f'case(s); set "numTraining": {len(cases)} (nnU-Net trusts the files it finds; the number must '
+                "match them)"
+            )
         for case in cases:
             problems += check_case(case, images_dir, labels_dir if labels_dir.is_dir() else None, meta, allowed)
     if problems:

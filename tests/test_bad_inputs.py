@@ -95,6 +95,38 @@ def _shifted_spacing(folder: Path) -> None:
     sitk.WriteImage(image, str(path))
 
 
+def _moved_origin(folder: Path) -> None:
+    path = _first(folder, "labelsTr")
+    image = sitk.ReadImage(str(path))
+    image.SetOrigin([o + 5.0 for o in image.GetOrigin()])
+    sitk.WriteImage(image, str(path))
+
+
+def _flipped_direction(folder: Path) -> None:
+    path = _first(folder, "labelsTr")
+    image = sitk.ReadImage(str(path))
+    direction = list(image.GetDirection())
+    direction[0] = -direction[0]
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(path))
+
+
+def _truncated_image(folder: Path) -> None:
+    path = _first(folder, "imagesTr")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _garbage_label(folder: Path) -> None:
+    _first(folder, "labelsTr").write_bytes(b"not an image at all" * 10)
+
+
+def _wrong_num_training(folder: Path) -> None:
+    path = folder / "dataset.json"
+    meta = json.loads(path.read_text())
+    meta["numTraining"] = meta["numTraining"] + 3
+    path.write_text(json.dumps(meta))
+
+
 PLANS = ["plans", "add", "-d", str(DATASET_ID)]
 
 
@@ -157,6 +189,27 @@ CATALOGUE = [
     ("check-missing-label", lambda env, tmp: _raw_copy(env, tmp, _missing_label), ["label file", "is missing"]),
     ("check-spacing", lambda env, tmp: _raw_copy(env, tmp, _shifted_spacing), ["spacing", "resample it"]),
     ("check-no-folder", ["check-dataset", "/nonexistent/Dataset1_X"], ["dataset.json is missing"]),
+    ("check-origin", lambda env, tmp: _raw_copy(env, tmp, _moved_origin), ["vessel_000", "origin", "CopyInformation"]),
+    (
+        "check-direction",
+        lambda env, tmp: _raw_copy(env, tmp, _flipped_direction),
+        ["vessel_000", "direction", "CopyInformation"],
+    ),
+    (
+        "check-truncated-image",
+        lambda env, tmp: _raw_copy(env, tmp, _truncated_image),
+        ["vessel_000_0000.nii.gz cannot be read", "re-export or re-copy"],
+    ),
+    (
+        "check-garbage-label",
+        lambda env, tmp: _raw_copy(env, tmp, _garbage_label),
+        ["vessel_000.nii.gz cannot be read", "re-export or re-copy"],
+    ),
+    (
+        "check-num-training",
+        lambda env, tmp: _raw_copy(env, tmp, _wrong_num_training),
+        ["numTraining 8", "holds 5 training", '"numTraining": 5'],
+    ),
     (
         "demo-zero-shape",
         lambda env, tmp: ["demo-data", "--out", str(tmp), "--id", "800", "--shape", "0", "48", "48"],
