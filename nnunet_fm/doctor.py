@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnunet_fm import registry
 from nnunet_fm.environment import EXT_TRAINER_VARIABLE, NNUNET_PATH_VARIABLES, plugin_env, shim_folder
 
 MIN_NNUNET = (2, 8, 1)
@@ -22,10 +23,8 @@ class Check:
 
 
 def plugin_trainer_names() -> list[str]:
-    """Trainer classes exported by the shim module(s)."""
-    import nnunet_fm.ext_trainers.nnunet_fm_trainers as shim
-
-    return list(shim.__all__)
+    """Every trainer of the family registry (what the shim exports)."""
+    return registry.trainer_names()
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -74,6 +73,22 @@ def check_trainers_resolve() -> list[Check]:
     return checks
 
 
+def check_networks_import() -> list[Check]:
+    """Import every registered family's network class (a broken install fails here, not at training time)."""
+    checks = []
+    for family in registry.families():
+        if family.network is None:
+            continue
+        try:
+            family.network_class()
+            checks.append(Check(f"network {family.name}", True, family.network))
+        except Exception as exc:  # report every failure, keep checking the others
+            error = (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0]
+            fix = "install the module the error names, or reinstall nnunet-fm (pip install -e .)"
+            checks.append(Check(f"network {family.name}", False, error, fix))
+    return checks
+
+
 def check_encoder_weights() -> Check:
     from nnunet_fm.encoders import ENCODER_WEIGHTS_ENV_VAR, resolve_weights_spec
 
@@ -104,7 +119,7 @@ def check_cuda() -> Check:
 
 
 def run_checks() -> list[Check]:
-    checks = [check_nnunet_version(), *check_env_vars(), *check_trainers_resolve()]
+    checks = [check_nnunet_version(), *check_env_vars(), *check_trainers_resolve(), *check_networks_import()]
     try:
         checks.append(check_encoder_weights())
     except ImportError as exc:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from nnunet_fm import registry
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.options import (
     EffectiveOption,
@@ -74,15 +75,12 @@ class Template:
 
 
 def trainer_class(name: str) -> type:
-    """A plugin trainer class by name (clear error listing the plugin's trainers)."""
-    from nnunet_fm.ext_trainers import nnunet_fm_trainers
-
-    found = getattr(nnunet_fm_trainers, name, None)
-    if not isinstance(found, type):
-        raise UserInputError(
-            f"'{name}' is not a plugin trainer. Plugin trainers: {', '.join(nnunet_fm_trainers.__all__)}."
-        )
-    return found
+    """A registered plugin trainer class by name (clear error listing the plugin's trainers)."""
+    family = registry.family_of_trainer(name)
+    if family is None:
+        names = ", ".join(registry.trainer_names())
+        raise UserInputError(f"'{name}' is not a plugin trainer. Plugin trainers: {names}.")
+    return family.trainer_class(name)
 
 
 def known_plugin_keys() -> set[str]:
@@ -254,11 +252,10 @@ TRAINER_ALIASES = {"nnUNetTrainer": "nnUNetTrainerFMUNet"}
 
 
 def template_for_trainer(trainer: str) -> tuple[str, str]:
-    """(template name, plugin trainer) for a trainer name, resolving ``TRAINER_ALIASES``."""
+    """(template name, plugin trainer) for a trainer name, resolving ``TRAINER_ALIASES``: its family's template."""
     resolved = TRAINER_ALIASES.get(trainer, trainer)
-    for name in template_names():
-        template = load_template(name)
-        if template.trainer == resolved or issubclass(trainer_class(resolved), template.trainer_class):
-            return name, resolved
-    known = sorted({load_template(n).trainer for n in template_names()} | set(TRAINER_ALIASES))
-    raise UserInputError(f"No template trains '{trainer}'. Trainers with templates: {', '.join(known)}.")
+    family = registry.family_of_trainer(resolved)
+    if family is None:
+        known = sorted({*registry.trainer_names(), *TRAINER_ALIASES})
+        raise UserInputError(f"No template trains '{trainer}'. Trainers with templates: {', '.join(known)}.")
+    return family.template, resolved

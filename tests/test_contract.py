@@ -11,39 +11,17 @@ import numpy as np
 import pytest
 import torch
 
+from nnunet_fm import registry
 from nnunet_fm.ext_trainers import nnunet_fm_trainers
 from nnunet_fm.options import declared_options, fixed_options
 from nnunet_fm.plans import add_configuration
-from nnunet_fm.templates import load_template, template_for_trainer, template_names
+from nnunet_fm.templates import load_template, template_for_trainer
 
 DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)
-TINY_ENCODER = {
-    "encoder_kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2},
-    "encoder_weights": "none",
-    "vit_amp": False,
-}
-TINY = {
-    # the parent's preprocessed data (no nnUNetv2_preprocess in this fast test; the e2e FFA test runs it)
-    "dinov3_ffa": {
-        **TINY_ENCODER,
-        "taps": [0, 1, 1],
-        "agg_heads": 2,
-        "patch_size": [16, 48, 48],
-        "intensity": "parent",
-        "inplane_size": None,
-    },
-    "dinov3_cube": {**TINY_ENCODER, "taps": [0, 1], "cube_size": [8, 16, 16]},  # global patch: 16x48x48
-    "lightmedseg": {"patch_size": [16, 48, 48], "batch_size": 2},
-    "unet_fewshot": {},
-}
+#: each family's tiny network and trainer settings, from the registry (plans add --set values)
+TINY = {f.template: {**f.tiny.arch_kwargs, **f.tiny.plans_overrides} for f in registry.families()}
 SHORT = {"num_epochs": 2, "num_iterations_per_epoch": 1, "num_val_iterations_per_epoch": 1}
-TRAINERS = sorted(nnunet_fm_trainers.__all__)
-
-
-def test_every_template_has_tiny_settings_and_every_trainer_a_template():
-    assert set(TINY) == set(template_names())
-    for trainer in TRAINERS:
-        template_for_trainer(trainer)  # raises when a trainer has no template
+TRAINERS = registry.trainer_names()
 
 
 def _build(env, trainer_name: str):
@@ -72,6 +50,7 @@ def test_trainer_contract(nnunet_env, trainer_name, tmp_path):
     for name, value in {**load_template(template).options, **fixed_options(trainer_cls)}.items():
         assert effective[name].value == value
     assert trainer.num_epochs == SHORT["num_epochs"]
+    assert trainer.enable_deep_supervision is False
 
     trainer.on_train_start()  # initialize(), split, loss, dataloaders, budget
     try:

@@ -19,31 +19,19 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
 from nnunet_fm.hooks.network import network_kwargs
-from nnunet_fm.tools.bench.config import DEFAULT_SPACING, STOCK, BenchConfig, RowStatusError, short_error
+from nnunet_fm.registry import bench_models
+from nnunet_fm.tools.bench.config import DEFAULT_SPACING, BenchConfig, RowStatusError, short_error
 
+#: model key -> (family, bench row), from the family registry
+_ROWS = bench_models()
 #: model key -> (row label, DINOv3 encoder or None)
-MODELS: dict[str, tuple[str, str | None]] = {
-    "unet": ("nnU-Net PlainConvUNet (stock)", None),
-    "ffa-s": ("DINOv3-FFA ViT-S", "vit_small_patch16_dinov3"),
-    "ffa-b": ("DINOv3-FFA ViT-B", "vit_base_patch16_dinov3"),
-    "cube": ("DINOv3 sub-cube ViT-S (two-pass)", "vit_small_patch16_dinov3"),
-    "lightmedseg": ("LightMedSeg", None),
-}
+MODELS: dict[str, tuple[str, str | None]] = {key: (row.label, row.encoder) for key, (_, row) in _ROWS.items()}
 #: model key -> the nnU-Net / plugin trainer that trains it
-TRAINERS: dict[str, str] = {
-    "unet": "nnUNetTrainer",
-    "ffa-s": "nnUNetTrainerDINOv3FFA",
-    "ffa-b": "nnUNetTrainerDINOv3FFA",
-    "cube": "nnUNetTrainerDINOv3Cube",
-    "lightmedseg": "nnUNetTrainerLightMedSeg",
-}
+TRAINERS: dict[str, str] = {key: row.trainer or family.trainer for key, (family, row) in _ROWS.items()}
 #: plugin model key -> ``network_class_name`` (the ``fm_network`` of its trainer)
-NETWORK_CLASSES: dict[str, str] = {
-    "ffa-s": "nnunet_fm.architectures.dinov3_ffa.DINOv3FFA",
-    "ffa-b": "nnunet_fm.architectures.dinov3_ffa.DINOv3FFA",
-    "cube": "nnunet_fm.architectures.dinov3_cube.DINOv3Cube",
-    "lightmedseg": "nnunet_fm.architectures.lightmedseg.LightMedSeg",
-}
+NETWORK_CLASSES: dict[str, str] = {key: f.network for key, (f, _) in _ROWS.items() if f.network is not None}
+#: the ``BenchConfig`` field of a network keyword (``BenchModel.bench_kwargs``) where the names differ
+_SETTING_OF_KWARG = {"vit_amp": "amp"}
 
 #: What nnU-Net's ExperimentPlanner writes for a 3d_fullres patch of (16, 64, 64) at 1 mm isotropic
 #: spacing (PlainConvUNet, 32 base features, 320 max, feature maps >= 4 voxels per axis).
@@ -90,32 +78,37 @@ def planner_architecture(patch: Sequence[int], spacing: Sequence[float] = DEFAUL
     return arch
 
 
+def _json_value(value: Any) -> Any:
+    """A bench setting as a plans file carries it: tuples become lists of ints, dicts are copied."""
+    if isinstance(value, (tuple, list)):
+        return [int(v) for v in value]
+    return dict(value) if isinstance(value, dict) else value
+
+
 def plugin_arch_kwargs(name: str, cfg: BenchConfig) -> dict[str, Any]:
-    """``arch_kwargs`` for plugin model ``name``: JSON values as a plans file carries them."""
-    if name == "lightmedseg":
-        return {}
-    kw: dict[str, Any] = {"encoder": MODELS[name][1], "encoder_kwargs": dict(cfg.encoder_kwargs), "vit_amp": cfg.amp}
-    if cfg.taps is not None:
-        kw["taps"] = [int(t) for t in cfg.taps]
-    if name in ("ffa-s", "ffa-b") and cfg.agg_heads is not None:
-        kw["agg_heads"] = cfg.agg_heads
-    if name == "cube" and cfg.cube_size is not None:
-        kw["cube_size"] = [int(c) for c in cfg.cube_size]
+    """``arch_kwargs`` for plugin model ``name``: its encoder and the bench settings its row takes (unset ones left
+    out), JSON values as a plans file carries them."""
+    row = _ROWS[name][1]
+    kw: dict[str, Any] = {} if row.encoder is None else {"encoder": row.encoder}
+    for key in row.bench_kwargs:
+        value = getattr(cfg, _SETTING_OF_KWARG.get(key, key))
+        if value is not None:
+            kw[key] = _json_value(value)
     return kw
 
 
 def configuration(name: str, cfg: BenchConfig) -> dict[str, Any]:
     """A plans-style configuration (``patch_size``, ``batch_size``, ``architecture``) for model ``name``."""
-    if name == STOCK:
-        architecture = cfg.architecture if cfg.architecture is not None else planner_architecture(cfg.patch)
-    elif name in NETWORK_CLASSES:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+    if name in NETWORK_CLASSES:
         architecture = {
             "network_class_name": NETWORK_CLASSES[name],
             "arch_kwargs": plugin_arch_kwargs(name, cfg),
             "_kw_requires_import": [],
         }
-    else:
-        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+    else:  # nnU-Net's own network: the plans' architecture, or what its planner derives
+        architecture = cfg.architecture if cfg.architecture is not None else planner_architecture(cfg.patch)
     return {"patch_size": [int(p) for p in cfg.patch], "batch_size": cfg.batch, "architecture": architecture}
 
 
@@ -137,7 +130,7 @@ def build_model(name: str, cfg: BenchConfig) -> nn.Module:
     torch.manual_seed(cfg.seed)
     c, k = cfg.input_channels, cfg.num_classes
     arch = conf["architecture"]
-    if name == STOCK:
+    if name not in NETWORK_CLASSES:
         return get_network_from_plans(
             arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], c, k, deep_supervision=False
         )

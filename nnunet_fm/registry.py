@@ -1,0 +1,198 @@
+"""The model families the plugin ships, in one place: network, trainers, template, tiny test settings, bench rows.
+
+A plain data module: importing it imports no network, trainer, nnU-Net or torch module. Classes are imported
+only when asked for (:meth:`Family.network_class`, :meth:`Family.trainer_class`, :func:`trainer_classes`).
+Read by the ``nnUNet_extTrainer`` shim (its exports), ``nnunet_fm.templates`` (trainer -> template),
+``nnunet-fm doctor`` (what must resolve), the benchmark (its rows) and the contract tests (tiny settings).
+
+Adding a family: ``architectures/<family>.py``, ``trainers/<family>.py``, ``plans_templates/<family>.json`` and
+one :class:`Family` entry in :data:`FAMILIES` (tests/test_network_contract.py fails on a trainer module or a
+template that no entry names).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TinySettings:
+    """Settings small enough for CPU tests of a family.
+
+    ``arch_kwargs``/``patch_size``/``input_channels``/``num_classes``/``batch_size`` build the network alone
+    (tests/test_network_contract.py); ``plans_overrides`` are the further ``plans add --set`` values of a short
+    trainer run on the tests' 16x48x48 fixture dataset (tests/test_contract.py, with ``arch_kwargs``).
+    """
+
+    patch_size: tuple[int, ...]
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    input_channels: int = 1
+    num_classes: int = 3
+    batch_size: int = 2
+    plans_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """One row of ``python -m nnunet_fm.tools.bench``: its ``--models`` key and row label.
+
+    ``encoder`` is passed as ``arch_kwargs["encoder"]`` when set; ``bench_kwargs`` names the network keywords
+    filled from the bench settings (``encoder_kwargs``, ``vit_amp`` from ``--amp``, ``taps``, ``agg_heads``,
+    ``cube_size``; unset settings are left out). ``trainer``: the trainer named to nnU-Net's predictor
+    (default: the family's main trainer).
+    """
+
+    key: str
+    label: str
+    encoder: str | None = None
+    bench_kwargs: tuple[str, ...] = ()
+    trainer: str | None = None
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: its network, its trainers (the first is the main one), template and test settings."""
+
+    name: str
+    #: dotted network class (a trainer's ``fm_network``); None: nnU-Net's own network from the parent plans
+    network: str | None
+    #: module defining ``trainers`` (import path)
+    trainer_module: str
+    trainers: tuple[str, ...]
+    #: shipped ``plans_templates/<template>.json`` (its ``trainer`` is the main trainer)
+    template: str
+    tiny: TinySettings
+    bench: tuple[BenchModel, ...] = ()
+
+    @property
+    def trainer(self) -> str:
+        """The main trainer (the template's)."""
+        return self.trainers[0]
+
+    def network_class(self) -> type | None:
+        """The network class (imported now), or None for nnU-Net's own network."""
+        return None if self.network is None else import_object(self.network)
+
+    def trainer_class(self, name: str | None = None) -> type:
+        """Trainer ``name`` (default: the main trainer) of this family, imported now."""
+        name = self.trainer if name is None else name
+        if name not in self.trainers:
+            raise KeyError(f"{name} is not a trainer of family {self.name}: {', '.join(self.trainers)}")
+        return import_object(f"{self.trainer_module}.{name}")
+
+
+TINY_ENCODER: dict[str, Any] = {"encoder_kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2}, "vit_amp": False}
+VIT_S = "vit_small_patch16_dinov3"
+VIT_B = "vit_base_patch16_dinov3"
+_VIT_BENCH_KWARGS = ("encoder_kwargs", "vit_amp", "taps")
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        name="unet_fewshot",
+        network=None,
+        trainer_module="nnunet_fm.trainers.unet",
+        trainers=("nnUNetTrainerFMUNet",),
+        template="unet_fewshot",
+        tiny=TinySettings(patch_size=(16, 48, 48)),
+        bench=(BenchModel("unet", "nnU-Net PlainConvUNet (stock)", trainer="nnUNetTrainer"),),
+    ),
+    Family(
+        name="dinov3_ffa",
+        network="nnunet_fm.architectures.dinov3_ffa.DINOv3FFA",
+        trainer_module="nnunet_fm.trainers.dinov3_ffa",
+        trainers=(
+            "nnUNetTrainerDINOv3FFA",
+            "nnUNetTrainerDINOv3FFA_1shot",
+            "nnUNetTrainerDINOv3FFA_3shot",
+            "nnUNetTrainerDINOv3FFA_5shot",
+        ),
+        template="dinov3_ffa",
+        tiny=TinySettings(
+            patch_size=(2, 16, 16),
+            # no DropPath: training-mode outputs are deterministic (compiled and eager compare equal)
+            arch_kwargs={
+                **TINY_ENCODER,
+                "taps": [0, 1, 1],
+                "agg_heads": 2,
+                "adapter_drop_path": 0.0,
+                "agg_drop_path": 0.0,
+            },
+            # the parent's preprocessed data: no nnUNetv2_preprocess in the fast trainer contract
+            plans_overrides={
+                "encoder_weights": "none",
+                "patch_size": [16, 48, 48],
+                "intensity": "parent",
+                "inplane_size": None,
+            },
+        ),
+        bench=(
+            BenchModel("ffa-s", "DINOv3-FFA ViT-S", VIT_S, (*_VIT_BENCH_KWARGS, "agg_heads")),
+            BenchModel("ffa-b", "DINOv3-FFA ViT-B", VIT_B, (*_VIT_BENCH_KWARGS, "agg_heads")),
+        ),
+    ),
+    Family(
+        name="dinov3_cube",
+        network="nnunet_fm.architectures.dinov3_cube.DINOv3Cube",
+        trainer_module="nnunet_fm.trainers.dinov3_cube",
+        trainers=("nnUNetTrainerDINOv3Cube",),
+        template="dinov3_cube",
+        # two cubes along W; the trainer contract's global patch is 16x48x48 (18 cubes)
+        tiny=TinySettings(
+            patch_size=(8, 16, 32),
+            arch_kwargs={**TINY_ENCODER, "taps": [0, 1], "cube_size": [8, 16, 16]},
+            plans_overrides={"encoder_weights": "none"},
+        ),
+        bench=(BenchModel("cube", "DINOv3 sub-cube ViT-S (two-pass)", VIT_S, (*_VIT_BENCH_KWARGS, "cube_size")),),
+    ),
+    Family(
+        name="lightmedseg",
+        network="nnunet_fm.architectures.lightmedseg.LightMedSeg",
+        trainer_module="nnunet_fm.trainers.lightmedseg",
+        trainers=("nnUNetTrainerLightMedSeg",),
+        template="lightmedseg",
+        # the paper's network is already tiny (0.48M parameters); sizes must be multiples of 16
+        tiny=TinySettings(patch_size=(16, 16, 16), plans_overrides={"patch_size": [16, 48, 48], "batch_size": 2}),
+        bench=(BenchModel("lightmedseg", "LightMedSeg"),),
+    ),
+)
+
+
+def import_object(dotted: str) -> Any:
+    """``module.attribute`` imported now; import errors propagate (unlike ``pydoc.locate``)."""
+    module, name = dotted.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def families() -> tuple[Family, ...]:
+    """Every registered family."""
+    return FAMILIES
+
+
+def family(name: str) -> Family:
+    """The family called ``name`` (KeyError listing the names otherwise)."""
+    for entry in FAMILIES:
+        if entry.name == name:
+            return entry
+    raise KeyError(f"unknown model family {name!r}; registered: {', '.join(f.name for f in FAMILIES)}")
+
+
+def family_of_trainer(trainer: str) -> Family | None:
+    """The family one of whose trainers is called ``trainer``, or None."""
+    return next((f for f in FAMILIES if trainer in f.trainers), None)
+
+
+def trainer_names() -> list[str]:
+    """Every registered trainer name, sorted."""
+    return sorted(name for f in FAMILIES for name in f.trainers)
+
+
+def trainer_classes() -> dict[str, type]:
+    """Every registered trainer class by name (imports every trainer module)."""
+    return {name: f.trainer_class(name) for f in FAMILIES for name in f.trainers}
+
+
+def bench_models() -> dict[str, tuple[Family, BenchModel]]:
+    """Benchmark rows by ``--models`` key, each with its family, in registry order."""
+    return {row.key: (f, row) for f in FAMILIES for row in f.bench}
