@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 
 from nnunet_fm.errors import UserInputError
 
@@ -382,13 +384,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through pipeline.run_in_own_group, which stops its children
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    handle = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if handle else None
     try:
         return args.func(args)
     except UserInputError as exc:
         print(f"nnunet-fm: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if handle:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnunet_fm.environment import plugin_env
+
+
+def run_in_own_group(command: list[str], env: dict[str, str], grace_s: float = 30.0) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a new process group; if this process is interrupted (KeyboardInterrupt, or SIGTERM
+    turned into SystemExit by the CLI) the whole group gets SIGTERM, then SIGKILL after ``grace_s``, so neither
+    the command nor its data-augmentation workers outlive it."""
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as process:
+        try:
+            stdout, stderr = process.communicate()
+        except BaseException:
+            _stop_group(process, grace_s)
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _stop_group(process: subprocess.Popen, grace_s: float) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace_s)
+            if sig == signal.SIGTERM:
+                os.killpg(process.pid, signal.SIGKILL)  # workers the command left behind
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
 
 
 @dataclass
@@ -83,7 +116,7 @@ class Workspace:
         """Run a command with the workspace env; raise with its output tail when it fails."""
         command = [_resolve(command[0]), *command[1:]]
         env = {**self.env(), **(extra_env or {})}
-        proc = subprocess.run(command, env=env, capture_output=True, text=True)
+        proc = run_in_own_group(command, env)
         output = proc.stdout + proc.stderr
         if self.log is not None:
             with open(self.log, "a") as handle:

@@ -18,10 +18,12 @@ from nnunet_fm.hooks.plans_options import PlansOptionsMixin
 from nnunet_fm.hooks.prior_bias import PriorBiasMixin
 from nnunet_fm.hooks.splits import SmallDatasetSplitMixin
 from nnunet_fm.hooks.train_step import AmpClipTrainStepMixin
+from nnunet_fm.hooks.worker_cleanup import WorkerCleanupMixin
 
 
 class nnUNetTrainerFMBase(
     PlansOptionsMixin,
+    WorkerCleanupMixin,
     MeanTeacherMixin,
     ForegroundOversamplingMixin,
     AtomicCheckpointMixin,
