@@ -345,13 +345,17 @@ def show_configuration(
 
     trainer_cls = trainer_class(trainer)
     lines = [f"{dataset_name(dataset)} / {configuration} ({path})", f"  trainer {trainer}:"]
-    effective = resolve_options(declared_options(trainer_cls), resolved, trainer, fixed_options(trainer_cls))
-    lines += format_options(effective, {k: source(k, e.source) for k, e in effective.items() if e.source == "plans"})
+    trainer_effective = resolve_options(declared_options(trainer_cls), resolved, trainer, fixed_options(trainer_cls))
+    lines += format_options(
+        trainer_effective, {k: source(k, e.source) for k, e in trainer_effective.items() if e.source == "plans"}
+    )
     architecture = resolved.get("architecture") or {}
     network_name = architecture.get("network_class_name", "")
+    slicing_network = False
     if network_name.startswith("nnunet_fm."):
         network = pydoc.locate(network_name)
         effective = resolve_options(network_options(network), architecture.get("arch_kwargs", {}), network.__name__)
+        slicing_network = "slice_axis" in effective
         lines.append(f"  network {network_name} (architecture.arch_kwargs):")
         lines += format_options(
             effective, {k: source(k, e.source) for k, e in effective.items() if e.source == "plans"}
@@ -368,12 +372,9 @@ def show_configuration(
         dice_source = f"inherited from {own.get('inherits_from', 'the parent')}"
     mode = "Dice pooled over the batch" if resolved.get("batch_dice") else "Dice per sample"
     lines.append(f"  batch_dice {json.dumps(resolved.get('batch_dice'))} ({mode})  [{dice_source}]")
-    slicing_network = network_name.startswith("nnunet_fm.") and "slice_axis" in network_options(network)
     transpose = plans.get("transpose_forward", [0, 1, 2])
     lines.append("  " + slicing_summary(transpose, architecture.get("arch_kwargs"), slicing_network))
-    oversample = resolve_options(declared_options(trainer_cls), resolved, trainer, fixed_options(trainer_cls)).get(
-        "oversample_foreground_percent"
-    )
+    oversample = trainer_effective.get("oversample_foreground_percent")
     if oversample is not None:
         lines.append(f"  foreground oversampling {oversample.value} of each batch ({oversample.source})")
     return "\n".join(lines)
