@@ -9,8 +9,8 @@ choices below are ours):
 - **Input mapping** (per slice of a cube): channel 0 min-max scaled to [0, 1] over the cube's
   in-plane extent; RGB = (ch0, ch1 scaled the same way or ch0 again when there is one channel,
   z) with ``z = slice index in the patch / (D - 1)`` (the patch, not the volume: a sliding window
-  does not know its absolute depth); then ImageNet mean/std.
-- **Encoder.** One shared :class:`~nnunet_fm.encoders.FrozenDINOv3`; all ``taps`` are kept and
+  does not know its absolute depth); then the encoder's mean/std (its timm ``pretrained_cfg``).
+- **Encoder.** One shared :class:`~nnunet_fm.encoders.FrozenViTEncoder`; all ``taps`` are kept and
   concatenated on channels (``[B, T*E, d, h, w]`` at 1/16 in-plane), the head's first 1x1x1 conv is
   thus a learned fusion of the taps (``taps=(10,)`` uses the last tap only). Encoder weights are
   not loaded here (random init); the trainer loads them after building the network.
@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from nnunet_fm.blocks import ConvNormAct, upsample_inplane
-from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenDINOv3, no_fp16_autocast, zchannel_slices
+from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenViTEncoder, no_fp16_autocast, zchannel_slices
 from nnunet_fm.options import SIGNATURE, Option
 from nnunet_fm.slice_axis import (
     SLICE_AXIS_OPTION,
@@ -176,7 +176,7 @@ class DINOv3Cube(nn.Module):
             raise ValueError(f"DINOv3Cube: patch_size must have 3 entries (D, H, W), got {list(patch_size)}.")
         self.input_patch_size = [int(p) for p in patch_size]  # nnU-Net's axis order
         self.patch_size = to_canonical(self.input_patch_size, self.slice_axis)  # slices first
-        self.encoder = FrozenDINOv3(
+        self.encoder = FrozenViTEncoder(
             encoder,
             taps=tuple(taps),
             chunk_slices=vit_chunk_slices,
@@ -236,11 +236,11 @@ class DINOv3Cube(nn.Module):
         return self._cube_layers[cube_index]
 
     def _rgb_slices(self, x_cube: Tensor, cube_index: int) -> Tensor:
-        """Map ``[B, C, d, H, W]`` to ImageNet-normalised RGB slices ``[B*d, 3, H, W]``."""
+        """Map ``[B, C, d, H, W]`` to RGB slices ``[B*d, 3, H, W]`` normalised with the encoder's mean/std."""
         d = x_cube.shape[2]
         first = self._cube_layer(cube_index) * self.cube_size[0]
         z = (first + torch.arange(d, device=x_cube.device, dtype=torch.float32)) / max(self.patch_size[0] - 1, 1)
-        return zchannel_slices(x_cube, z)
+        return zchannel_slices(x_cube, z, self.encoder.mean, self.encoder.std)
 
     @torch.no_grad()
     def encode_cube(self, x_cube: Tensor, cube_index: int) -> Tensor:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nnunet_fm.blocks import ConvNormAct, IntOrTuple, SqueezeExcite, as_tuple, resize_inplane, upsample_inplane
-from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenDINOv3, no_fp16_autocast, zchannel_slices
+from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenViTEncoder, no_fp16_autocast, zchannel_slices
 from nnunet_fm.slice_axis import SLICE_AXIS_OPTION, check_slice_axis, slices_back, slices_first
 
 __all__ = [
@@ -158,7 +158,7 @@ class DINOv3FFA(nn.Module):
     Input mapping (``z = slice_index / D`` within the patch, the "Z-channel"):
 
     * encoder RGB per slice = ``(mm(ch0), mm(ch1) if C_in > 1 else mm(ch0), z)`` where ``mm`` is a
-      per-slice min-max to [0, 1], then ImageNet mean/std. Channels beyond the second are not seen
+      per-slice min-max to [0, 1], then the encoder's mean/std. Channels beyond the second are not seen
       by the encoder.
     * the adapter sees all ``C_in`` input channels as given (nnU-Net-normalised) plus ``z``.
 
@@ -219,7 +219,7 @@ class DINOv3FFA(nn.Module):
         self.num_classes = int(num_classes)
         self.taps = taps
 
-        self.encoder = FrozenDINOv3(
+        self.encoder = FrozenViTEncoder(
             encoder,
             taps=taps,
             weights=None,
@@ -279,8 +279,8 @@ class DINOv3FFA(nn.Module):
 
     @torch.no_grad()
     def encoder_images(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Build ImageNet-normalised encoder slices ``[B*D, 3, H, W]`` from ``x`` and ``z [D]``."""
-        return zchannel_slices(x, z)
+        """Build encoder slices ``[B*D, 3, H, W]`` from ``x`` and ``z [D]`` (the encoder's mean/std)."""
+        return zchannel_slices(x, z, self.encoder.mean, self.encoder.std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = slices_first(x, self.slice_axis)  # the encoder sees raw axial slices (nnunet_fm.slice_axis)

@@ -1,11 +1,15 @@
-"""Reading DINOv3 weight files safely and converting them to timm's Eva state-dict layout.
+"""Reading encoder weight files safely and converting them to the timm model's state-dict layout.
 
 Three layouts are understood:
 
-* ``"timm"``: timm's own Eva keys (``patch_embed.proj.weight``, ``reg_token``, ``blocks.N.gamma_1``...).
-* ``"meta"``: Meta's original DINOv3 checkpoints (``storage_tokens``, ``blocks.N.ls1.gamma``...).
+* ``"timm"``: timm's own keys (``patch_embed.proj.weight``; DINOv3/Eva ``blocks.N.gamma_1``, DINOv2/ViT
+  ``blocks.N.ls1.gamma``...).
+* ``"meta"``: Meta's original checkpoints, DINOv3 (``storage_tokens``, ``blocks.N.ls1.gamma``...) and DINOv2
+  (``mask_token``, ``register_tokens``...); for a non-Eva model the model's own timm ``checkpoint_filter_fn``
+  converts them.
 * ``"hf"``: Hugging Face ``transformers`` ``DINOv3ViTModel`` (``embeddings.patch_embeddings.weight``,
-  ``layer.N.attention.q_proj.weight``...).
+  ``layer.N.attention.q_proj.weight``...) and ``Dinov2Model`` (``embeddings.patch_embeddings.projection.weight``,
+  ``encoder.layer.N.attention.attention.query.weight`` or, transformers >= 5, ``...attention.q_proj.weight``).
 
 Nothing is unpickled beyond tensors: files are read with ``safetensors`` or with
 ``torch.load(..., weights_only=True)``.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -34,9 +39,10 @@ __all__ = [
 FORMATS = ("timm", "meta", "hf")
 
 ACCEPTED_FORMATS_HELP = (
-    "accepted formats: a timm Eva/DINOv3 state dict (.safetensors/.pth/.pt/.bin), Meta's original DINOv3 "
-    "checkpoint (e.g. dinov3_vits16_pretrain_lvd1689m-*.pth), or a Hugging Face transformers DINOv3ViTModel "
-    "(model.safetensors / pytorch_model.bin, or the directory holding it); checkpoints wrapped as "
+    "accepted formats: a timm state dict of the configured model (.safetensors/.pth/.pt/.bin), Meta's original "
+    "DINOv3 or DINOv2 checkpoint (e.g. dinov3_vits16_pretrain_lvd1689m-*.pth, dinov2_vits14_pretrain.pth), or a "
+    "Hugging Face transformers DINOv3ViTModel / Dinov2Model (model.safetensors / pytorch_model.bin, or the "
+    "directory holding it); checkpoints wrapped as "
     "{'model'|'state_dict'|'teacher'|...: state_dict} are unwrapped"
 )
 
@@ -55,6 +61,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 # Anchor keys (without any prefix) whose presence identifies a layout.
 _ANCHORS = {
     "hf": "embeddings.patch_embeddings.weight",
+    "hf_dinov2": "embeddings.patch_embeddings.projection.weight",
     "meta": "storage_tokens",
     "timm": "patch_embed.proj.weight",
 }
@@ -165,20 +172,26 @@ def _find_prefix(sd: dict[str, torch.Tensor], anchor: str) -> str | None:
     return min(hits, key=len) if hits else None
 
 
-def detect_format(sd: dict[str, torch.Tensor]) -> str:
+def detect_format(sd: dict[str, torch.Tensor], model: nn.Module | None = None) -> str:
     """Identify the layout of a state dict: ``"timm"``, ``"meta"`` or ``"hf"``.
 
-    HF is recognised by ``embeddings.patch_embeddings.weight``, Meta by ``storage_tokens`` (or
-    ``ls1.gamma`` layer scales), timm by ``patch_embed.proj.weight``; any key prefix is allowed.
+    HF is recognised by ``embeddings.patch_embeddings.weight`` (DINOv3) or ``...patch_embeddings.projection.weight``
+    (DINOv2), Meta by ``storage_tokens`` or ``mask_token`` (or ``ls1.gamma`` layer scales, unless ``model`` itself
+    names them so, as timm's ViT does), timm by ``patch_embed.proj.weight``; any key prefix is allowed.
     """
-    if _find_prefix(sd, _ANCHORS["hf"]) is not None:
+    if _find_prefix(sd, _ANCHORS["hf"]) is not None or _find_prefix(sd, _ANCHORS["hf_dinov2"]) is not None:
         return "hf"
-    if _find_prefix(sd, _ANCHORS["meta"]) is not None or any(k.endswith(".ls1.gamma") for k in sd):
+    native_ls = model is not None and any(k.endswith(".ls1.gamma") for k in model.state_dict())
+    if (
+        _find_prefix(sd, _ANCHORS["meta"]) is not None
+        or _find_prefix(sd, "mask_token") is not None
+        or (not native_ls and any(k.endswith(".ls1.gamma") for k in sd))
+    ):
         return "meta"
     if _find_prefix(sd, _ANCHORS["timm"]) is not None:
         return "timm"
     sample = ", ".join(list(sd)[:6]) or "<empty>"
-    raise WeightsFormatError(f"Unrecognised DINOv3 weights layout (first keys: {sample}); {ACCEPTED_FORMATS_HELP}.")
+    raise WeightsFormatError(f"Unrecognised encoder weights layout (first keys: {sample}); {ACCEPTED_FORMATS_HELP}.")
 
 
 def _strip_prefix(sd: dict[str, torch.Tensor], anchor: str) -> dict[str, torch.Tensor]:
@@ -336,15 +349,90 @@ def _convert_timm(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, to
     return {k: v for k, v in sd.items() if not k.startswith("rope.") and not k.endswith("attn.k_bias")}
 
 
+def _is_eva(model: nn.Module) -> bool:
+    from timm.models.eva import Eva
+
+    return isinstance(model, Eva)
+
+
+def _convert_with_model_filter(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Original (Meta) keys -> timm keys with the model module's own ``checkpoint_filter_fn`` (timm's converter
+    for the original checkpoints of that family, e.g. DINOv2's ``mask_token`` / ``register_tokens`` / SwiGLU)."""
+    sd = _strip_prefix(sd, _ANCHORS["timm"])
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    return dict(sd) if filter_fn is None else filter_fn(dict(sd), model)
+
+
+_HF_DINOV2_BLOCK = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
+_HF_DINOV2_TOP = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.mask_token": "mask_token",
+    "embeddings.register_tokens": "register_tokens",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+# transformers < 5 (hub checkpoints) and >= 5 names of the same tensors; Meta's names on the right
+_HF_DINOV2_QKV = {
+    "attention.attention.query": "q",
+    "attention.attention.key": "k",
+    "attention.attention.value": "v",
+    "attention.q_proj": "q",
+    "attention.k_proj": "k",
+    "attention.v_proj": "v",
+}
+_HF_DINOV2_RENAMES = {
+    "attention.output.dense": "attn.proj",
+    "attention.o_proj": "attn.proj",
+    "mlp.weights_in": "mlp.w12",
+    "mlp.weights_out": "mlp.w3",
+}
+_HF_DINOV2_LAYER_SCALES = {"layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma"}
+
+
+def _convert_hf_dinov2(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """HF ``Dinov2Model`` -> Meta DINOv2 names (q/k/v packed into ``qkv``) -> timm via the model's filter."""
+    sd = _strip_prefix(sd, _ANCHORS["hf_dinov2"])
+    meta: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for k, v in sd.items():
+        m = _HF_DINOV2_BLOCK.match(k)
+        if not m:
+            meta[_HF_DINOV2_TOP.get(k, k)] = v  # unknown keys pass on, reported by the strict load
+            continue
+        blk, rest = f"blocks.{m.group(1)}", m.group(2)
+        module, _, param = rest.rpartition(".")
+        if rest in _HF_DINOV2_LAYER_SCALES:
+            meta[f"{blk}.{_HF_DINOV2_LAYER_SCALES[rest]}"] = v
+        elif module in _HF_DINOV2_QKV:
+            qkv.setdefault((int(m.group(1)), param), {})[_HF_DINOV2_QKV[module]] = v
+        else:
+            meta[f"{blk}.{_HF_DINOV2_RENAMES.get(module, module)}.{param}"] = v
+    for (i, param), parts in sorted(qkv.items()):
+        if set(parts) == {"q", "k", "v"}:
+            meta[f"blocks.{i}.attn.qkv.{param}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+        else:
+            meta.update({f"blocks.{i}.attn.{n}_proj.{param}": t for n, t in parts.items()})  # reported
+    if "mask_token" not in meta:
+        meta["mask_token"] = torch.zeros(1)  # timm's filter keys its DINOv2 conversion off mask_token
+    return _convert_with_model_filter(meta, model)
+
+
 def to_timm_state_dict(sd: dict[str, torch.Tensor], fmt: str, model: nn.Module) -> dict[str, torch.Tensor]:
     """Convert a state dict in layout ``fmt`` (see :func:`detect_format`) to ``model``'s timm key names.
 
-    Keys that cannot be mapped are passed through unchanged so that a strict load names them.
+    Eva models (DINOv3) use this module's converters; other timm models convert Meta checkpoints with their own
+    timm ``checkpoint_filter_fn``. Keys that cannot be mapped are passed through unchanged so that a strict
+    load names them.
     """
     if fmt == "hf":
+        if _find_prefix(sd, _ANCHORS["hf_dinov2"]) is not None:
+            return _convert_hf_dinov2(sd, model)
         return _convert_hf(sd, model)
     if fmt == "meta":
-        return _convert_meta(sd, model)
+        return _convert_meta(sd, model) if _is_eva(model) else _convert_with_model_filter(sd, model)
     if fmt == "timm":
         return _convert_timm(sd, model)
     raise ValueError(f"Unknown weights format '{fmt}'; expected one of {FORMATS}.")

@@ -1,10 +1,18 @@
-"""Frozen DINOv3 ViT encoder (timm) that turns 2D slices into multi-level patch feature maps."""
+"""Frozen timm 2D ViT encoder (DINOv3, DINOv2, ...) that turns 2D slices into multi-level patch feature maps.
+
+Any timm vision transformer with ``patch_embed``, ``blocks`` and ``forward_intermediates`` (timm's
+``VisionTransformer`` and ``Eva`` families: DINOv2, DINOv3, CLIP, SigLIP, EVA-02, ...) works: the patch size, the
+input normalisation (timm's ``pretrained_cfg`` mean/std) and the block count are read from the model itself.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import difflib
+import functools
+import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,13 +26,19 @@ from nnunet_fm.options import SIGNATURE, Option
 
 __all__ = [
     "ENCODER_WEIGHTS_ENV_VAR",
+    "EncoderSpec",
     "FrozenDINOv3",
+    "FrozenViTEncoder",
     "LoadReport",
+    "encoder_spec",
+    "normalize",
     "normalize_imagenet",
     "resolve_weights_spec",
+    "weights_source",
+    "zchannel_slices",
 ]
 
-#: Environment variable consulted when the plans do not set ``encoder_weights``.
+#: Environment variable consulted when the plans do not set ``encoder_weights`` (one value for every configuration).
 ENCODER_WEIGHTS_ENV_VAR = "nnUNet_fm_encoder_weights"
 
 _MAX_KEYS_SHOWN = 5
@@ -41,9 +55,15 @@ def no_fp16_autocast(device_type: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-#: network options of every network built on FrozenDINOv3 (defaults: the network constructor's)
+#: network options of every network built on FrozenViTEncoder (defaults: the network constructor's)
 ENCODER_OPTIONS = (
-    Option("encoder", SIGNATURE, "timm DINOv3 model name.", "str"),
+    Option(
+        "encoder",
+        SIGNATURE,
+        "timm ViT model name, e.g. vit_small_patch16_dinov3 or vit_small_patch14_dinov2.lvd142m (patch size and "
+        "mean/std come from the model).",
+        "str",
+    ),
     Option(
         "encoder_kwargs",
         SIGNATURE,
@@ -67,11 +87,25 @@ def resolve_weights_spec(value: str | None) -> str:
     return "hub"
 
 
+def weights_source(value: str | None) -> str:
+    """Where :func:`resolve_weights_spec` takes the spec from, in words (for logs and error messages)."""
+    if value is not None and str(value) != "":
+        return "plans key encoder_weights"
+    if os.environ.get(ENCODER_WEIGHTS_ENV_VAR, "") != "":
+        return f"environment variable {ENCODER_WEIGHTS_ENV_VAR}"
+    return "default"
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Normalise ``[N, 3, H, W]`` images in [0, 1] with a per-channel ``mean`` / ``std``."""
+    m = torch.tensor(tuple(mean), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(tuple(std), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
 def normalize_imagenet(x: torch.Tensor) -> torch.Tensor:
     """Normalise ``[N, 3, H, W]`` images in [0, 1] with the ImageNet mean/std."""
-    mean = torch.tensor(IMAGENET_DEFAULT_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_DEFAULT_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize(x, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
 
 
 def minmax_slices(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -81,23 +115,84 @@ def minmax_slices(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (x - lo) / (hi - lo).clamp_min(eps)
 
 
-def zchannel_slices(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Encoder input of a volume ``[B, C, D, H, W]``: ImageNet-normalised RGB slices ``[B*D, 3, H, W]``.
+def zchannel_slices(x: torch.Tensor, z: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Encoder input of a volume ``[B, C, D, H, W]``: RGB slices ``[B*D, 3, H, W]`` normalised with ``mean``/``std``.
 
     Per slice: R = min-max(channel 0), G = min-max(channel 1) (channel 0 again for 1-channel input),
-    B = ``z[d]``, the slice-position value the caller chooses (the "Z-channel").
+    B = ``z[d]``, the slice-position value the caller chooses (the "Z-channel"); ``mean``/``std`` are the
+    encoder's (:attr:`FrozenViTEncoder.mean` / ``.std``).
     """
     b, c, d, h, w = x.shape
     x = x.float()
     red = minmax_slices(x[:, 0])
     green = minmax_slices(x[:, 1]) if c > 1 else red
     blue = z.float().view(1, d, 1, 1).expand(b, d, h, w)
-    return normalize_imagenet(torch.stack([red, green, blue], dim=2).reshape(b * d, 3, h, w))
+    return normalize(torch.stack([red, green, blue], dim=2).reshape(b * d, 3, h, w), mean, std)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What a network needs to know about a timm encoder before building it."""
+
+    patch_size: int
+    embed_dim: int
+    depth: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def _create_vit(model_name: str, pretrained: bool, timm_kwargs: dict) -> nn.Module:
+    """``timm.create_model`` with variable image size (ViTs then take any multiple of the patch size)."""
+    if ":" not in model_name and not timm.is_model(model_name):  # "hf-hub:..." / "local-dir:..." go to timm
+        close = difflib.get_close_matches(model_name.split(".")[0], timm.list_models(), n=5, cutoff=0.6)
+        raise ValueError(
+            f"Unknown timm encoder '{model_name}' (plans key encoder); close names: {', '.join(close) or 'none'}. "
+            "Any timm ViT with forward_intermediates works, e.g. vit_small_patch16_dinov3 or "
+            "vit_small_patch14_dinov2.lvd142m."
+        )
+    needs = (
+        "The frozen encoder needs a timm vision transformer (VisionTransformer or Eva family: DINOv2, DINOv3, CLIP...)."
+    )
+    kwargs = {"dynamic_img_size": True, **timm_kwargs}
+    try:
+        model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    except TypeError as exc:  # an unknown keyword: not a ViT, or a wrong encoder_kwargs entry
+        raise ValueError(f"timm model '{model_name}' cannot be built with kwargs {kwargs} ({exc}). {needs}") from exc
+    missing = [a for a in ("patch_embed", "blocks", "forward_intermediates", "embed_dim") if not hasattr(model, a)]
+    if missing:
+        raise ValueError(
+            f"timm model '{model_name}' ({type(model).__name__}) is not a plain ViT: it lacks {missing}. {needs}"
+        )
+    return model
+
+
+def _spec_of(model: nn.Module) -> EncoderSpec:
+    ps = model.patch_embed.patch_size
+    patch = tuple(int(p) for p in ps) if isinstance(ps, (tuple, list)) else (int(ps), int(ps))
+    if patch[0] != patch[1]:
+        raise ValueError(f"The frozen encoder needs square patches, '{type(model).__name__}' has {patch}.")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = tuple(float(v) for v in (cfg.get("mean") or IMAGENET_DEFAULT_MEAN))
+    std = tuple(float(v) for v in (cfg.get("std") or IMAGENET_DEFAULT_STD))
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"The frozen encoder feeds RGB slices; the model's mean/std {mean}/{std} are not 3-channel.")
+    return EncoderSpec(patch[0], int(model.embed_dim), len(model.blocks), mean, std)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_spec(model_name: str, kwargs_json: str) -> EncoderSpec:
+    with torch.device("meta"):  # shapes only: no memory, no weights
+        return _spec_of(_create_vit(model_name, False, json.loads(kwargs_json)))
+
+
+def encoder_spec(model_name: str, timm_kwargs: dict | None = None) -> EncoderSpec:
+    """Patch size, width, depth and mean/std of a timm encoder, read from a weightless (meta-device) build."""
+    return _cached_spec(str(model_name), json.dumps(dict(timm_kwargs or {}), sort_keys=True))
 
 
 @dataclass
 class LoadReport:
-    """Outcome of :meth:`FrozenDINOv3.load_weights`."""
+    """Outcome of :meth:`FrozenViTEncoder.load_weights`."""
 
     source: str
     format: str
@@ -105,12 +200,14 @@ class LoadReport:
     unexpected_keys: list[str] = field(default_factory=list)
 
 
-class FrozenDINOv3(nn.Module):
-    """A frozen timm DINOv3 ViT returning un-normalised patch tokens of selected blocks as NCHW maps.
+class FrozenViTEncoder(nn.Module):
+    """A frozen timm 2D ViT returning un-normalised patch tokens of selected blocks as NCHW maps.
 
-    ``taps`` are 0-based block indices. Inputs must already be ImageNet-normalised and have H, W
-    divisible by the patch size (16). Parameters never require grad and the ViT always stays in
-    eval mode, whatever mode the parent network is put in.
+    ``taps`` are 0-based block indices. Inputs must already be normalised with :attr:`mean` / :attr:`std` (the
+    model's timm ``pretrained_cfg``, ImageNet when it has none) and have H, W divisible by :attr:`patch_size`
+    (the model's: 16 for DINOv3, 14 for DINOv2). Parameters never require grad and the ViT always stays in eval
+    mode, whatever mode the parent network is put in. ViTs are built with ``dynamic_img_size=True`` (any
+    multiple of the patch size; ``encoder_kwargs`` may override it).
     """
 
     IMAGENET_MEAN: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)
@@ -127,24 +224,25 @@ class FrozenDINOv3(nn.Module):
     ) -> None:
         super().__init__()
         self.model_name = model_name
-        self.vit = timm.create_model(model_name, pretrained=False, **timm_kwargs)
         self.timm_kwargs = dict(timm_kwargs)
-        depth = len(self.vit.blocks)
+        self.vit = _create_vit(model_name, False, self.timm_kwargs)
+        spec = _spec_of(self.vit)
+        depth = spec.depth
         taps = tuple(int(t) for t in taps)
         if len(taps) == 0:
-            raise ValueError("FrozenDINOv3: taps must name at least one block index.")
+            raise ValueError("FrozenViTEncoder: taps must name at least one block index.")
         bad = [t for t in taps if not 0 <= t < depth]
         if bad:
             raise ValueError(
-                f"FrozenDINOv3: tap indices {bad} are out of range for '{model_name}' with depth {depth}; "
+                f"FrozenViTEncoder: tap indices {bad} are out of range for '{model_name}' with depth {depth}; "
                 f"taps are 0-based block indices in [0, {depth - 1}]."
             )
         if int(chunk_slices) < 1:
-            raise ValueError(f"FrozenDINOv3: chunk_slices must be >= 1, got {chunk_slices}.")
+            raise ValueError(f"FrozenViTEncoder: chunk_slices must be >= 1, got {chunk_slices}.")
         self.taps = taps
-        self.embed_dim = int(self.vit.embed_dim)
-        ps = self.vit.patch_embed.patch_size
-        self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+        self.embed_dim = spec.embed_dim
+        self.patch_size = spec.patch_size
+        self.mean, self.std = spec.mean, spec.std
         self.chunk_slices = int(chunk_slices)
         self.amp = bool(amp)
         self.weights_report: LoadReport | None = None
@@ -154,7 +252,7 @@ class FrozenDINOv3(nn.Module):
         if weights is not None:
             self.load_weights(weights)
 
-    def train(self, mode: bool = True) -> FrozenDINOv3:
+    def train(self, mode: bool = True) -> FrozenViTEncoder:
         """Set the wrapper's mode but keep the ViT in eval mode."""
         super().train(mode)
         self.vit.eval()
@@ -167,19 +265,19 @@ class FrozenDINOv3(nn.Module):
 
     def _check_input(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"FrozenDINOv3 expects images of shape [N, 3, H, W], got {tuple(images.shape)}.")
+            raise ValueError(f"FrozenViTEncoder expects images of shape [N, 3, H, W], got {tuple(images.shape)}.")
         h, w = images.shape[-2:]
         p = self.patch_size
         if h % p or w % p:
             raise ValueError(
-                f"FrozenDINOv3: image size {h}x{w} (input shape {tuple(images.shape)}) is not a multiple of "
-                f"the patch size {p}; pad or crop H and W to multiples of {p} "
+                f"FrozenViTEncoder: image size {h}x{w} (input shape {tuple(images.shape)}) is not a multiple of "
+                f"the patch size {p} of '{self.model_name}'; pad or crop H and W to multiples of {p} "
                 f"(e.g. {-(-h // p) * p}x{-(-w // p) * p})."
             )
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Map ``[N, 3, H, W]`` to ``len(taps)`` float32 tensors of shape ``[N, C, H/16, W/16]``."""
+        """Map ``[N, 3, H, W]`` to ``len(taps)`` float32 tensors of shape ``[N, C, H/p, W/p]`` (p: patch size)."""
         self._check_input(images)
         self.vit.eval()
         p = self.patch_size
@@ -188,7 +286,7 @@ class FrozenDINOv3(nn.Module):
             return [images.new_zeros((0, self.embed_dim, h // p, w // p)) for _ in self.taps]
         param = next(self.vit.parameters())
         images = images.to(device=param.device, dtype=param.dtype)
-        # Never the caller's autocast: nnU-Net validates and predicts under fp16 autocast on CUDA, and DINOv3's
+        # Never the caller's autocast: nnU-Net validates and predicts under fp16 autocast on CUDA, and the ViT's
         # large activation outliers overflow fp16. bf16 (fp32's exponent range) when ``amp``, else fp32.
         ctx = torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=self.amp)
         # timm returns intermediates in block order, so ask for sorted unique taps and map back
@@ -214,7 +312,7 @@ class FrozenDINOv3(nn.Module):
         """Load the ViT weights and return a :class:`LoadReport`.
 
         ``spec`` is ``"hub"`` (timm's pretrained download), ``"none"`` (keep the random init) or a local
-        file / directory in timm, Meta-DINOv3 or HF-transformers layout (see ``nnunet_fm.encoder_weights``).
+        file / directory in timm, Meta (DINOv2 / DINOv3) or HF-transformers layout (see ``nnunet_fm.encoder_weights``).
         Loading is strict: any missing, unexpected or mis-shaped key raises.
         """
         key = str(spec).strip()
@@ -232,7 +330,7 @@ class FrozenDINOv3(nn.Module):
 
     def _load_hub(self) -> LoadReport:
         try:
-            pretrained = timm.create_model(self.model_name, pretrained=True, **self.timm_kwargs)
+            pretrained = _create_vit(self.model_name, True, self.timm_kwargs)
         except Exception as e:  # noqa: BLE001 - any download/cache failure gets the same advice
             raise RuntimeError(
                 f"Downloading pretrained weights for '{self.model_name}' via timm / the Hugging Face hub "
@@ -248,14 +346,14 @@ class FrozenDINOv3(nn.Module):
         path = path.expanduser()
         if not path.exists():
             raise FileNotFoundError(
-                f"Encoder weights file '{path}' does not exist. Provide DINOv3 weights as a local file or "
-                f"directory via plans key 'encoder_weights' or the environment variable "
+                f"Encoder weights file '{path}' does not exist. Provide '{self.model_name}' weights as a local "
+                f"file or directory via plans key 'encoder_weights' or the environment variable "
                 f"{ENCODER_WEIGHTS_ENV_VAR} ({ew.ACCEPTED_FORMATS_HELP}); or use 'hub' to download them "
                 f"or 'none' for random weights."
             )
         sd = ew.read_state_dict(path)
         try:
-            fmt = ew.detect_format(sd)
+            fmt = ew.detect_format(sd, self.vit)
         except ew.WeightsFormatError as e:
             raise ew.WeightsFormatError(f"Encoder weights '{path}': {e}") from e
         converted = ew.to_timm_state_dict(sd, fmt, self.vit)
@@ -287,3 +385,7 @@ class FrozenDINOv3(nn.Module):
             )
         ref = next(iter(self.vit.state_dict().values()))
         self.vit.load_state_dict({k: v.to(ref.device) for k, v in sd.items()}, strict=True)
+
+
+#: the former name (DINOv3 was the first encoder); the same class
+FrozenDINOv3 = FrozenViTEncoder

@@ -127,7 +127,8 @@ def declared_options(cls: type) -> dict[str, Option]:
 
     Collected from ``fm_options`` over the MRO, less the names a class lists in ``fm_unread`` (options of a
     hook it overrides); ``fm_defaults`` (merged, subclass wins) replaces declared
-    defaults. A default for an undeclared key is a programming error (TypeError).
+    defaults. A default or an ``fm_fixed`` value for an undeclared key, or one its declaration does not accept,
+    is a programming error (TypeError); plans values are checked when read (:func:`resolve_options`).
     """
     options: dict[str, Option] = {}
     for klass in reversed(cls.__mro__):
@@ -136,10 +137,16 @@ def declared_options(cls: type) -> dict[str, Option]:
     for klass in cls.__mro__:
         for name in vars(klass).get("fm_unread", ()):
             options.pop(name, None)
-    defaults = _merged(cls, "fm_defaults")
-    unknown = sorted(set(defaults) - set(options))
-    if unknown:
-        raise TypeError(f"{cls.__name__}.fm_defaults sets undeclared option(s) {unknown}.")
+    defaults, fixed = _merged(cls, "fm_defaults"), _merged(cls, "fm_fixed")
+    for attribute, values in (("fm_defaults", defaults), ("fm_fixed", fixed)):
+        unknown = sorted(set(values) - set(options))
+        if unknown:
+            raise TypeError(f"{cls.__name__}.{attribute} sets undeclared option(s) {unknown}.")
+        bad = [f"{k}={v!r} ({options[k].describe_values()})" for k, v in values.items() if not options[k]._accepts(v)]
+        if bad:
+            raise TypeError(
+                f"{cls.__name__}.{attribute} sets values their declarations do not accept: {'; '.join(bad)}."
+            )
     for name, default in defaults.items():
         options[name] = dataclasses.replace(options[name], default=default)
     return options
@@ -198,7 +205,6 @@ def _kind_of(default: Any) -> tuple[str, bool]:
 def network_options(network_class: type) -> dict[str, Option]:
     """Options of a network: its keyword constructor parameters (kind from the default) and ``fm_options``."""
     declared = {o.name: o for o in vars(network_class).get("fm_options", ())}
-    helps = getattr(network_class, "fm_option_help", {})
     options = {}
     for name, parameter in inspect.signature(network_class).parameters.items():
         if name in NETWORK_RUNTIME_PARAMETERS or parameter.default is inspect.Parameter.empty:
@@ -208,7 +214,7 @@ def network_options(network_class: type) -> dict[str, Option]:
             options[name] = dataclasses.replace(declared[name], default=default)
         else:
             kind, nullable = _kind_of(default)
-            help_text = helps.get(name, f"{network_class.__name__}({name}=...), see its docstring.")
+            help_text = f"{network_class.__name__}({name}=...), see its docstring."
             options[name] = Option(name, default, help_text, kind=kind, nullable=nullable or default is None)
     missing = sorted(set(declared) - set(options))
     if missing:

@@ -30,6 +30,7 @@ from nnunet_fm.dataset_check import allowed_label_values, case_identifiers
 from nnunet_fm.environment import EXT_TRAINER_VARIABLE, plugin_env
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.file_names import FEWSHOT_RECORD_NAME, MANIFEST_NAME
+from nnunet_fm.unlabelled import all_ignore_label, check_unlabelled_folder
 
 
 @dataclass
@@ -68,33 +69,6 @@ def select_cases(scores: list[CaseScore], case_threshold: float | None, keep_fra
         return [s.case for s in ranked[: math.ceil(keep_fraction * len(scores))]]
     threshold = 0.0 if case_threshold is None else case_threshold
     return [s.case for s in candidates if s.confidence >= threshold]
-
-
-def check_unlabelled_folder(folder: Path, dataset_json: dict) -> list[str]:
-    """Case ids of an unlabelled folder; every file must be CASE_XXXX<ending> with all declared channels."""
-    ending = dataset_json["file_ending"]
-    if not folder.is_dir():
-        raise UserInputError(f"Unlabelled folder {folder} does not exist.")
-    files = sorted(p.name for p in folder.iterdir() if p.is_file())
-    wrong = [f for f in files if not f.endswith(ending)]
-    if wrong:
-        raise UserInputError(f"{folder}: files {wrong[:5]} do not end with the dataset's file ending '{ending}'.")
-    channels = sorted(int(c) for c in dataset_json["channel_names"])
-    cases = sorted({f[: -len(ending) - 5] for f in files})
-    problems = []
-    expected = {f"{case}_{c:04d}{ending}" for case in cases for c in channels}
-    for case in cases:
-        missing = [f"{case}_{c:04d}{ending}" for c in channels if f"{case}_{c:04d}{ending}" not in files]
-        if missing:
-            problems.append(f"case '{case}' lacks {missing} (the model expects {len(channels)} channel(s))")
-    extra = sorted(set(files) - expected)
-    if extra:
-        problems.append(
-            f"files {extra[:5]} are channels the model does not have ({len(channels)} declared); remove them"
-        )
-    if problems or not cases:
-        raise UserInputError(f"{folder} does not match the model's channels: " + ("; ".join(problems) or "no images"))
-    return cases
 
 
 @contextlib.contextmanager
@@ -282,8 +256,6 @@ def pseudolabel(
             sitk.WriteImage(image, str(dataset / "labelsTr" / f"{new_id}{ending}"), useCompression=True)
         unlabelled_ids = []
         if add_unlabelled:
-            from nnunet_fm.unlabelled import all_ignore_label
-
             for score in (s for s in scores if s.case not in kept):
                 new_id = f"ul_{score.case}"
                 _copy_images(unlabelled, score.case, dataset / "imagesTr", new_id, channels, ending)

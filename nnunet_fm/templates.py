@@ -174,10 +174,27 @@ def format_options(resolved: dict[str, EffectiveOption], sources: dict[str, str]
     ]
 
 
+def _encoder_patch(ndim: int, options: dict) -> list[int]:
+    """``[1, ..., p, p]``: the frozen encoder's patch size ``p`` in-plane (its ``encoder`` / ``encoder_kwargs``)."""
+    from nnunet_fm.encoders import encoder_spec
+
+    try:
+        patch = encoder_spec(options["encoder"], options.get("encoder_kwargs")).patch_size
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise UserInputError(
+            f"Patch rule 'encoder_patch' needs the encoder's patch size, but encoder={options.get('encoder')!r} "
+            f"with encoder_kwargs={options.get('encoder_kwargs')!r} cannot be built: {exc}"
+        ) from exc
+    return [1] * (ndim - 2) + [patch, patch]
+
+
 def _multiple_per_axis(entry: Any, ndim: int, architecture: dict | None, options: dict) -> list[int] | None:
-    """Resolve one ``multiple_of`` entry: a list of ints, 'strides', or the name of an option (e.g. cube_size)."""
+    """Resolve one ``multiple_of`` entry: a list of ints, 'strides', 'encoder_patch' (the frozen encoder's patch
+    size in-plane, 1 along the slice axis), or the name of an option (e.g. cube_size)."""
     if isinstance(entry, list):
         return [int(v) for v in entry]
+    if entry == "encoder_patch":
+        return _encoder_patch(ndim, options)
     if entry == "strides":
         strides = (architecture or {}).get("arch_kwargs", {}).get("strides")
         if not strides:

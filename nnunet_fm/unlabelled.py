@@ -19,7 +19,6 @@ import SimpleITK as sitk
 from nnunet_fm.atomic_io import atomic_write_json
 from nnunet_fm.dataset_check import case_identifiers, load_dataset_json
 from nnunet_fm.errors import UserInputError
-from nnunet_fm.pseudolabel import check_unlabelled_folder
 
 CASES_RECORD = "fm_cases.json"
 
@@ -32,6 +31,33 @@ def ignore_label_of(meta: dict) -> tuple[int, bool]:
     if any(not isinstance(v, int) for v in labels.values()):
         raise UserInputError("dataset.json defines region labels; unlabelled cases need a class-label dataset.")
     return max(labels.values()) + 1, True
+
+
+def check_unlabelled_folder(folder: Path, dataset_json: dict) -> list[str]:
+    """Case ids of an unlabelled folder; every file must be CASE_XXXX<ending> with all declared channels."""
+    ending = dataset_json["file_ending"]
+    if not folder.is_dir():
+        raise UserInputError(f"Unlabelled folder {folder} does not exist.")
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    wrong = [f for f in files if not f.endswith(ending)]
+    if wrong:
+        raise UserInputError(f"{folder}: files {wrong[:5]} do not end with the dataset's file ending '{ending}'.")
+    channels = sorted(int(c) for c in dataset_json["channel_names"])
+    cases = sorted({f[: -len(ending) - 5] for f in files})
+    problems = []
+    expected = {f"{case}_{c:04d}{ending}" for case in cases for c in channels}
+    for case in cases:
+        missing = [f"{case}_{c:04d}{ending}" for c in channels if f"{case}_{c:04d}{ending}" not in files]
+        if missing:
+            problems.append(f"case '{case}' lacks {missing} (the model expects {len(channels)} channel(s))")
+    extra = sorted(set(files) - expected)
+    if extra:
+        problems.append(
+            f"files {extra[:5]} are channels the model does not have ({len(channels)} declared); remove them"
+        )
+    if problems or not cases:
+        raise UserInputError(f"{folder} does not match the model's channels: " + ("; ".join(problems) or "no images"))
+    return cases
 
 
 def all_ignore_label(image_file: Path, value: int) -> sitk.Image:

@@ -94,9 +94,14 @@ def test_stock_unet_params(result: bench.BenchResult) -> None:
     assert r.trainable == sum(p.numel() for p in model.parameters()) > 0
 
 
-def test_lightmedseg_row_never_crashes(result: bench.BenchResult) -> None:
-    r = row(result, "lightmedseg")  # D = 4 is not divisible by 16, or the module may be unfinished
-    assert r.status == "ok" or r.status.startswith(("skipped", "unavailable", "error"))
+def test_lightmedseg_row_is_skipped_with_the_reason(result: bench.BenchResult) -> None:
+    """D = 4 is not divisible by LightMedSeg's 16: a row naming why, no numbers, and the other rows still measured."""
+    r = row(result, "lightmedseg")
+    assert r.status == "skipped (patch [4, 32, 32]: every size must be divisible by 16)"
+    assert r.trainable is None and r.flops is None and r.step_s is None
+    assert any(line.startswith(r.label) and r.status in line for line in bench.format_report(result).splitlines())
+    ok = bench.measure_model("lightmedseg", tiny_config(patch=(16, 32, 32), predict_volume=None), torch.device("cpu"))
+    assert ok.status == "ok" and ok.trainable > 0 and ok.step_s > 0
 
 
 def test_import_error_gives_unavailable_row(monkeypatch: pytest.MonkeyPatch) -> None:

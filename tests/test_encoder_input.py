@@ -21,9 +21,9 @@ DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)
 
 
 def _encoder_red_channel(volume: np.ndarray) -> np.ndarray:
-    """Channel 0 of the encoder's RGB input for a [D, H, W] volume, ImageNet normalisation undone."""
+    """Channel 0 of the encoder's RGB input for a [D, H, W] volume, the (DINOv3: ImageNet) normalisation undone."""
     x = torch.from_numpy(volume[None, None].astype(np.float32))
-    rgb = zchannel_slices(x, torch.zeros(volume.shape[0]))
+    rgb = zchannel_slices(x, torch.zeros(volume.shape[0]), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
     return (rgb[:, 0] * IMAGENET_DEFAULT_STD[0] + IMAGENET_DEFAULT_MEAN[0]).numpy()
 
 

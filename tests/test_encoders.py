@@ -1,4 +1,4 @@
-"""Tests for the frozen DINOv3 encoder wrapper and its weight loading (tiny configs, CPU only)."""
+"""Tests for the frozen timm ViT encoder (DINOv3, DINOv2, CLIP) and its weight loading (tiny configs, CPU only)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,26 @@ from nnunet_fm import encoder_weights as ew
 from nnunet_fm.encoders import (
     ENCODER_WEIGHTS_ENV_VAR,
     FrozenDINOv3,
+    FrozenViTEncoder,
     LoadReport,
+    encoder_spec,
     normalize_imagenet,
     resolve_weights_spec,
+    weights_source,
+    zchannel_slices,
 )
+from nnunet_fm.errors import UserInputError
+from nnunet_fm.hooks.network import FrozenEncoderWeightsMixin
 
 TINY = {"embed_dim": 32, "depth": 4, "num_heads": 2}
 NAME = "vit_small_patch16_dinov3"
 NAME_QKVB = "vit_small_patch16_dinov3_qkvb"
 ALL_TAPS = (0, 1, 2, 3)
 N_PREFIX = 5  # 1 CLS + 4 register tokens
+DINOV2 = "vit_small_patch14_dinov2.lvd142m"
+DINOV2_REG = "vit_small_patch14_reg4_dinov2.lvd142m"
+CLIP = "vit_base_patch16_clip_224.openai"  # another timm ViT, with CLIP's own mean/std
+TINY2 = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
 def _tiny(name: str = NAME, taps=ALL_TAPS, **kw) -> FrozenDINOv3:
@@ -343,8 +353,194 @@ def test_resolve_weights_spec(monkeypatch) -> None:
     monkeypatch.delenv(ENCODER_WEIGHTS_ENV_VAR, raising=False)
     assert resolve_weights_spec(None) == "hub"
     assert resolve_weights_spec("") == "hub"
+    assert weights_source(None) == "default"
     monkeypatch.setenv(ENCODER_WEIGHTS_ENV_VAR, "/data/dinov3.pth")
     assert resolve_weights_spec(None) == "/data/dinov3.pth"
     assert resolve_weights_spec("") == "/data/dinov3.pth"
+    assert weights_source(None) == f"environment variable {ENCODER_WEIGHTS_ENV_VAR}"
     assert resolve_weights_spec("/plans/w.safetensors") == "/plans/w.safetensors"
     assert resolve_weights_spec("none") == "none"
+    assert weights_source("none") == "plans key encoder_weights"
+
+
+class _Base:
+    def initialize(self) -> None:
+        pass
+
+
+class _Trainer(FrozenEncoderWeightsMixin, _Base):
+    """Just what FrozenEncoderWeightsMixin.initialize reads from an nnU-Net trainer."""
+
+    configuration_name = "3d_fm_dinov2"
+
+    def __init__(self, network: nn.Module, encoder_weights: str | None) -> None:
+        self.network, self._value, self.log = network, encoder_weights, []
+
+    def fm_option(self, name: str):
+        assert name == "encoder_weights"
+        return self._value
+
+    def print_to_log_file(self, *args) -> None:
+        self.log.append(" ".join(str(a) for a in args))
+
+
+def test_weights_per_configuration_win_over_the_env_var(monkeypatch, tmp_path) -> None:
+    """The plans key is per configuration; the env var (one file for all) is only the fallback."""
+    dinov3_file = tmp_path / "dinov3.safetensors"
+    save_file({k: v.contiguous() for k, v in _tiny().vit.state_dict().items()}, str(dinov3_file))
+    src = FrozenViTEncoder(DINOV2, taps=(0, 1), **TINY2)
+    _randomise_(src.vit, seed=9)
+    dinov2_file = tmp_path / "dinov2.pth"
+    torch.save(src.vit.state_dict(), dinov2_file)
+    monkeypatch.setenv(ENCODER_WEIGHTS_ENV_VAR, str(dinov3_file))
+    network = nn.Module()
+    network.encoder = FrozenViTEncoder(DINOV2, taps=(0, 1), **TINY2)
+    trainer = _Trainer(network, str(dinov2_file))
+    trainer.initialize()
+    assert network.encoder.weights_report == LoadReport(source=str(dinov2_file), format="timm")
+    assert torch.equal(network.encoder.vit.pos_embed, src.vit.pos_embed)
+    assert trainer.log == [f"Frozen encoder weights (plans key encoder_weights): {network.encoder.weights_report}"]
+    # unset in the plans: the env var's DINOv3 file is tried, and the error names the per-configuration key
+    with pytest.raises(UserInputError) as ei:
+        _Trainer(network, None).initialize()
+    msg = str(ei.value)
+    assert str(dinov3_file) in msg and ENCODER_WEIGHTS_ENV_VAR in msg and "every configuration" in msg
+    assert f"'{DINOV2}'" in msg and "3d_fm_dinov2" in msg and "--set encoder_weights=" in msg
+
+
+# --------------------------------------------------------------------------------------------- other encoders
+
+
+def test_patch_size_and_normalisation_come_from_the_model() -> None:
+    clip = FrozenViTEncoder(CLIP, taps=(1,), **TINY2)
+    dinov2 = FrozenViTEncoder(DINOV2, taps=(1,), **TINY2)
+    dinov3 = _tiny(taps=(1,))
+    assert (dinov3.patch_size, dinov2.patch_size, clip.patch_size) == (16, 14, 16)
+    assert dinov3.mean == dinov2.mean == FrozenViTEncoder.IMAGENET_MEAN
+    assert clip.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+    assert clip.std == pytest.approx((0.26862954, 0.26130258, 0.27577711))
+    for enc, name, kwargs in ((clip, CLIP, TINY2), (dinov2, DINOV2, TINY2), (dinov3, NAME, TINY)):
+        spec = encoder_spec(name, kwargs)  # weightless build, as the patch rule uses
+        assert (spec.patch_size, spec.embed_dim, spec.depth, spec.mean, spec.std) == (
+            enc.patch_size,
+            enc.embed_dim,
+            len(enc.vit.blocks),
+            enc.mean,
+            enc.std,
+        )
+    # the slice builder normalises with the mean/std it is given: a CLIP-grey slice maps to 0 there only
+    x = torch.zeros(1, 1, 1, 16, 16)
+    z = torch.tensor([clip.mean[2]])
+    x[..., 0, 0] = 1.0  # min-max then gives 0 almost everywhere
+    rgb = zchannel_slices(x, z, clip.mean, clip.std)
+    torch.testing.assert_close(rgb[0, :, 8, 8], -torch.tensor(clip.mean[:2] + (0.0,)) / torch.tensor(clip.std))
+    assert not torch.allclose(rgb, zchannel_slices(x, z, dinov3.mean, dinov3.std))
+    # a model without mean/std in its pretrained_cfg: ImageNet
+    bare = FrozenViTEncoder(CLIP, taps=(1,), pretrained_cfg_overlay={"mean": None, "std": None}, **TINY2)
+    assert (bare.mean, bare.std) == (FrozenViTEncoder.IMAGENET_MEAN, FrozenViTEncoder.IMAGENET_STD)
+    assert FrozenDINOv3 is FrozenViTEncoder
+
+
+def test_dinov2_forward_intermediates_at_any_multiple_of_14() -> None:
+    enc = FrozenViTEncoder(DINOV2, taps=(1, 0), chunk_slices=2, **TINY2)
+    _randomise_(enc.vit, seed=2)
+    x = _images(n=3, h=28, w=42)
+    lo_hi = enc(x)
+    assert [tuple(f.shape) for f in lo_hi] == [(3, 32, 2, 3)] * 2
+    # the same as timm's own forward through the blocks (patch tokens after block 1, CLS dropped)
+    with torch.no_grad():
+        tokens = enc.vit.norm_pre(enc.vit._pos_embed(enc.vit.patch_embed(x)))
+        for blk in enc.vit.blocks:
+            tokens = blk(tokens)
+    ref = tokens[:, 1:].reshape(3, 2, 3, 32).permute(0, 3, 1, 2)
+    torch.testing.assert_close(lo_hi[0], ref, rtol=0, atol=2e-5)
+    with pytest.raises(ValueError, match=r"32x32.*patch size 14.*e\.g\. 42x42"):
+        enc(torch.zeros(1, 3, 32, 32))
+
+
+def test_unknown_encoder_name_names_close_ones() -> None:
+    with pytest.raises(ValueError, match=r"Unknown timm encoder 'vit_small_patch14_dinov3'.*vit_small_patch16_dinov3"):
+        FrozenViTEncoder("vit_small_patch14_dinov3", taps=(0,))
+    with pytest.raises(ValueError, match=r"'resnet18' cannot be built.*dynamic_img_size.*vision transformer"):
+        FrozenViTEncoder("resnet18", taps=(0,))
+    with pytest.raises(ValueError, match=r"cannot be built.*depht"):
+        FrozenViTEncoder(DINOV2, taps=(0,), depht=2)
+
+
+def _dinov2_hf(registers: int, seed: int):
+    import transformers
+
+    common = {
+        "hidden_size": TINY2["embed_dim"],
+        "num_hidden_layers": TINY2["depth"],
+        "num_attention_heads": TINY2["num_heads"],
+        "intermediate_size": 4 * TINY2["embed_dim"],
+        "patch_size": 14,
+        "image_size": 28,  # 2x2 positions: no interpolation on either side at 28x28
+    }
+    if registers:
+        config = transformers.Dinov2WithRegistersConfig(num_register_tokens=registers, **common)
+        model = transformers.Dinov2WithRegistersModel(config)
+    else:
+        model = transformers.Dinov2Model(transformers.Dinov2Config(**common))
+    _randomise_(model, seed)
+    return model.eval()
+
+
+# transformers < 5 (e.g. facebook/dinov2-small on the hub) names; transformers 5 writes the right-hand ones
+_HF4_NAMES = {
+    "attention.q_proj": "attention.attention.query",
+    "attention.k_proj": "attention.attention.key",
+    "attention.v_proj": "attention.attention.value",
+    "attention.o_proj": "attention.output.dense",
+}
+
+
+@pytest.mark.parametrize("name,registers", [(DINOV2, 0), (DINOV2_REG, 4)])
+def test_dinov2_parity_with_transformers(tmp_path, name, registers) -> None:
+    model = _dinov2_hf(registers, seed=7)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    x = _images(n=2, h=28, w=28)
+    with torch.no_grad():
+        hidden = model(pixel_values=x, output_hidden_states=True).hidden_states
+    ref = [hidden[t + 1][:, 1 + registers :].reshape(2, 2, 2, -1).permute(0, 3, 1, 2) for t in (0, 1)]
+    assert min(r.abs().max().item() for r in ref) > 1.0
+    sd = model.state_dict()
+    old = {}
+    for k, v in sd.items():
+        for new_name, old_name in _HF4_NAMES.items():
+            k = k.replace(new_name, old_name)
+        old[k] = v.contiguous()
+    save_file(old, str(tmp_path / "hf4.safetensors"))
+    for spec in (tmp_path, tmp_path / "hf4.safetensors"):
+        enc = FrozenViTEncoder(name, taps=(0, 1), img_size=28, **TINY2)
+        assert enc.load_weights(spec).format == "hf"
+        diffs = [(a - b).abs().max().item() for a, b in zip(enc(x), ref)]
+        assert max(diffs) < 1e-4, (spec, diffs)
+
+
+def test_dinov2_meta_and_timm_formats_round_trip(tmp_path) -> None:
+    src = FrozenViTEncoder(DINOV2_REG, taps=(0, 1), **TINY2)
+    _randomise_(src.vit, seed=8)
+    x = _images(n=2, h=28, w=42)
+    ref = src(x)
+    sd = src.vit.state_dict()
+    assert ew.detect_format(sd, src.vit) == "timm"  # timm's ViT names its layer scales ls1.gamma, as Meta does
+    # Meta's DINOv2 layout: CLS and registers apart, the CLS position inside pos_embed, a mask token
+    meta = {k: v for k, v in sd.items() if k not in ("reg_token", "cls_token", "pos_embed")}
+    meta["register_tokens"] = sd["reg_token"]
+    meta["cls_token"] = sd["cls_token"] - 0.25
+    meta["pos_embed"] = torch.cat([torch.full_like(sd["pos_embed"][:, :1], 0.25), sd["pos_embed"]], dim=1)
+    meta["mask_token"] = torch.zeros(1, TINY2["embed_dim"])
+    assert ew.detect_format(meta, src.vit) == "meta"
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in meta.items()}}, tmp_path / "dinov2_meta.pth")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "timm.safetensors"))
+    for fname, fmt in (("dinov2_meta.pth", "meta"), ("timm.safetensors", "timm")):
+        enc = FrozenViTEncoder(DINOV2_REG, taps=(0, 1), **TINY2)
+        assert enc.load_weights(tmp_path / fname).format == fmt
+        for a, b in zip(enc(x), ref):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    # DINOv3 weights into a DINOv2 model: named key mismatches, never a silent partial load
+    save_file({k: v.contiguous() for k, v in _tiny().vit.state_dict().items()}, str(tmp_path / "v3.safetensors"))
+    with pytest.raises(ValueError, match=r"do not match 'vit_small_patch14_reg4_dinov2.lvd142m'.*missing key"):
+        FrozenViTEncoder(DINOV2_REG, taps=(0,), **TINY2).load_weights(tmp_path / "v3.safetensors")

@@ -11,15 +11,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from nnunet_fm.architectures.lightmedseg import (
-    AnchorFiLM,
-    AnchorPositionBias,
-    DiceCEBoundaryLoss,
-    GhostConv3D,
-    LightMedSeg,
-    boundary_band,
-    inverse_frequency_weights,
-)
+from nnunet_fm.architectures.lightmedseg import AnchorFiLM, AnchorPositionBias, GhostConv3D, LightMedSeg
+from nnunet_fm.architectures.lightmedseg_loss import DiceCEBoundaryLoss, boundary_band, inverse_frequency_weights
 from nnunet_fm.tools.lightmedseg_budget import figures_table, module_table, paper_figures
 
 SMALL = (16, 32, 48)

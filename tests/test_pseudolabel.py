@@ -10,7 +10,6 @@ from nnunet_fm.pseudolabel import (
     MANIFEST_NAME,
     CaseScore,
     case_confidence,
-    check_unlabelled_folder,
     confident_labels,
     ignore_label_value,
     labelled_source,
@@ -18,6 +17,7 @@ from nnunet_fm.pseudolabel import (
     pseudolabel,
     select_cases,
 )
+from nnunet_fm.unlabelled import check_unlabelled_folder
 
 META = {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "a": 1}, "file_ending": ".nii.gz"}
 
@@ -157,7 +157,9 @@ def test_sigterm_interrupts_the_command_but_lets_forked_workers_exit_quietly():
         running.set()
         time.sleep(30)
 
+    before = signal.getsignal(signal.SIGTERM)
     with _sigterm_as_interrupt():
+        assert signal.getsignal(signal.SIGTERM) is not before
         child = ctx.Process(target=worker)
         child.start()
         assert running.wait(10)
@@ -167,7 +169,7 @@ def test_sigterm_interrupts_the_command_but_lets_forked_workers_exit_quietly():
         with pytest.raises(KeyboardInterrupt, match="signal 15"):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
-    assert signal.getsignal(signal.SIGTERM) is not None
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
 
 
 def test_sfr_table_shows_vessel_metrics_beside_dice_and_dashes_for_old_rows():

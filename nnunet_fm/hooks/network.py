@@ -97,13 +97,26 @@ class FrozenEncoderWeightsMixin:
 
     def initialize(self):
         super().initialize()
-        from nnunet_fm.encoders import resolve_weights_spec
+        from nnunet_fm.encoders import ENCODER_WEIGHTS_ENV_VAR, resolve_weights_spec, weights_source
 
-        spec = resolve_weights_spec(self.fm_option("encoder_weights"))
+        value = self.fm_option("encoder_weights")
+        spec, source = resolve_weights_spec(value), weights_source(value)
         network = unwrap(self.network)
         if not isinstance(network, FrozenEncoderNetwork):
             raise TypeError(
                 f"{type(self).__name__} loads encoder weights, but {type(network).__name__} has no encoder."
             )
-        report = network.encoder.load_weights(spec)
-        self.print_to_log_file(f"Frozen encoder weights: {report}")
+        try:
+            report = network.encoder.load_weights(spec)
+        except (ValueError, FileNotFoundError) as exc:
+            if ENCODER_WEIGHTS_ENV_VAR not in source:
+                raise
+            # the variable holds one file for every configuration: name the per-configuration key
+            model = getattr(network.encoder, "model_name", type(network.encoder).__name__)
+            raise UserInputError(
+                f"{exc}\nThe weights '{spec}' came from the {source}, which applies to every configuration. "
+                f"Configuration '{self.configuration_name}' builds encoder '{model}': give it its own weights with "
+                f"the plans key encoder_weights (`nnunet-fm plans add ... --set encoder_weights=/path/to/weights`), "
+                f"or unset {ENCODER_WEIGHTS_ENV_VAR}."
+            ) from exc
+        self.print_to_log_file(f"Frozen encoder weights ({source}): {report}")

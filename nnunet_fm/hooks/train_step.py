@@ -23,16 +23,13 @@ class AmpClipTrainStepMixin:
             "amp_dtype",
             "bfloat16",
             "Autocast dtype on CUDA (float16 uses nnU-Net's grad scaler). CPU never autocasts.",
-            choices=("bfloat16", "float16"),
+            choices=tuple(AMP_DTYPES),
         ),
     )
 
     def on_train_start(self):
         super().on_train_start()
-        dtype = self.fm_option("amp_dtype")
-        if dtype not in AMP_DTYPES:
-            raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {dtype!r}.")
-        if dtype == "bfloat16":
+        if self.fm_option("amp_dtype") == "bfloat16":  # validated against the Option's choices
             self.grad_scaler = None  # bf16 has fp32's exponent range: no loss scaling needed
 
     def fm_autocast(self):

@@ -1,0 +1,40 @@
+"""Declared options: trainer defaults and pinned values are checked against their declarations."""
+
+from __future__ import annotations
+
+import pytest
+
+from nnunet_fm import registry
+from nnunet_fm.hooks.train_step import AmpClipTrainStepMixin
+from nnunet_fm.options import declared_options, network_options
+
+
+class _Amp(AmpClipTrainStepMixin):
+    pass
+
+
+def test_defaults_and_fixed_values_must_satisfy_their_declaration() -> None:
+    assert declared_options(type("Ok", (_Amp,), {"fm_defaults": {"amp_dtype": "float16"}}))["amp_dtype"].default == (
+        "float16"
+    )
+    bad_default = type("BadDefault", (_Amp,), {"fm_defaults": {"amp_dtype": "fp8"}})
+    with pytest.raises(TypeError, match=r"BadDefault\.fm_defaults.*amp_dtype='fp8'.*\"bfloat16\" or \"float16\""):
+        declared_options(bad_default)
+    bad_fixed = type("BadFixed", (_Amp,), {"fm_fixed": {"grad_clip": -1.0}})
+    with pytest.raises(TypeError, match=r"BadFixed\.fm_fixed.*grad_clip=-1\.0"):
+        declared_options(bad_fixed)
+    with pytest.raises(TypeError, match=r"fm_fixed sets undeclared option\(s\) \['nope'\]"):
+        declared_options(type("Undeclared", (_Amp,), {"fm_fixed": {"nope": 1}}))
+
+
+def test_every_registered_trainer_declares_valid_defaults() -> None:
+    for name in registry.trainer_names():
+        options = declared_options(registry.family_of_trainer(name).trainer_class(name))
+        assert options and all(o._accepts(o.default) for o in options.values()), name
+
+
+def test_undeclared_network_option_gets_the_constructor_help() -> None:
+    class Net:
+        def __init__(self, input_channels: int, num_classes: int, width: int = 8) -> None: ...
+
+    assert network_options(Net)["width"].help == "Net(width=...), see its docstring."
