@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from nnunet_fm.blocks import ConvNormAct, upsample_inplane
-from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenViTEncoder, no_fp16_autocast, zchannel_slices
+from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenViTEncoder, encoder_spec, no_fp16_autocast, zchannel_slices
 from nnunet_fm.options import SIGNATURE, Option
 from nnunet_fm.slice_axis import (
     SLICE_AXIS_OPTION,
@@ -76,6 +76,17 @@ def _check_cube_size(patch_size: list[int], cube_size: list[int], multiple: int)
         raise ValueError(
             f"DINOv3Cube: cube_size {cube_size} does not tile patch_size {patch_size} with in-plane sizes "
             f"that are multiples of {multiple}. Valid cube sizes per axis: {choices}."
+        )
+
+
+def _check_encoder_stride(encoder: str, stride: int) -> None:
+    """The head up-samples the 1/stride token grid by x2 stages: the encoder's patch size must be a power of 2."""
+    if stride & (stride - 1):
+        raise ValueError(
+            f"DINOv3Cube up-samples the encoder's 1/{stride} token grid by x2 stages, so it needs an encoder "
+            f"whose patch size is a power of 2; '{encoder}' has patch size {stride}. Use a patch-16 encoder "
+            "(e.g. vit_small_patch16_dinov3) here, or the DINOv3-FFA network (template dinov3_ffa), which takes "
+            "any patch size."
         )
 
 
@@ -152,6 +163,12 @@ class DINOv3Cube(nn.Module):
         Option("separate_arms", SIGNATURE, "One decoding arm per cube position instead of a shared one.", "bool"),
     )
 
+    @staticmethod
+    def fm_check_options(values: dict) -> None:
+        """Refuse, at ``plans add`` time, an encoder this network cannot up-sample (ValueError)."""
+        spec = encoder_spec(values["encoder"], values.get("encoder_kwargs"))
+        _check_encoder_stride(values["encoder"], spec.patch_size)
+
     def __init__(
         self,
         input_channels: int,
@@ -184,6 +201,7 @@ class DINOv3Cube(nn.Module):
             **dict(encoder_kwargs or {}),
         )
         stride = self.encoder.patch_size
+        _check_encoder_stride(encoder, stride)
         self.cube_size = [int(c) for c in (cube_size if cube_size is not None else self.patch_size)]
         _check_cube_size(self.patch_size, self.cube_size, stride)
         n_up = int(round(math.log2(stride)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import pydoc
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from nnunet_fm.errors import UserInputError
 from nnunet_fm.file_names import MANIFEST_NAME
 from nnunet_fm.hooks.splits import NNUNET_FOLDS, few_case_note
 from nnunet_fm.options import declared_options, fixed_options, network_options, resolve_options
-from nnunet_fm.preprocessing_plan import check_preprocessing_keys, preprocessing_entries
+from nnunet_fm.preprocessing_plan import check_inplane_multiple, check_preprocessing_keys, preprocessing_entries
 from nnunet_fm.slice_axis import from_canonical, slice_axis_from_transpose, to_canonical
 from nnunet_fm.templates import (
     STRUCTURAL_KEYS,
@@ -190,10 +191,19 @@ def build_configuration(plans: dict, template: Template, overrides: dict[str, An
             template.network_options(), effective_arch["arch_kwargs"] if architecture else {}, ""
         ).items()
     }
+    check_network_options(effective_arch if architecture else None, network_values)
     intensity = structural.get("intensity", template.intensity)
     inplane_size = structural.get("inplane_size", template.inplane_size)
     max_depth = structural.get("max_depth", template.max_depth)
     check_preprocessing_keys(intensity, inplane_size, max_depth)
+    rule_values = {**network_values, **options}
+    if inplane_size is not None and len(parent["patch_size"]) == 3:  # 2D parents: whole_slice_geometry refuses
+        in_plane = patch_multiples(template.patch, 3, effective_arch, rule_values)[1:]
+        multiple = math.lcm(*in_plane)
+        reason = f"the in-plane multiple of template {template.name}'s patch rules {json.dumps(template.patch)}"
+        if "encoder" in rule_values:
+            reason += f" with encoder {rule_values['encoder']}"
+        check_inplane_multiple(inplane_size, multiple, reason)
 
     def canonical(values: list) -> list:
         return to_canonical(values, slice_axis) if len(values) == 3 else list(values)
@@ -221,14 +231,14 @@ def build_configuration(plans: dict, template: Template, overrides: dict[str, An
     if not isinstance(use_global, bool):
         raise UserInputError(f"global_patch={use_global!r} is not valid: expected true or false.")
     if use_global:
-        multiples = patch_multiples(template.patch, len(base_patch), effective_arch, {**network_values, **options})
+        multiples = patch_multiples(template.patch, len(base_patch), effective_arch, rule_values)
         base_patch = global_patch_size(parent_view["median_image_size_in_voxels"], multiples)
     patch = nnunet_order(
         resolve_patch(
             template.patch,
             user_patch or base_patch,
             effective_arch,
-            {**network_values, **options},
+            rule_values,
             user_given=user_patch is not None and slice_axis == 0,
         )
     )
@@ -248,6 +258,18 @@ def build_configuration(plans: dict, template: Template, overrides: dict[str, An
     config.update(options)
     config[METADATA_KEY] = {"template": template.name, "trainer": template.trainer, "set": sorted(overrides)}
     return config
+
+
+def check_network_options(architecture: dict | None, values: dict) -> None:
+    """A network's own plans-time check (its ``fm_check_options(values)``, if it has one) as a user error."""
+    network_class = None if architecture is None else pydoc.locate(architecture["network_class_name"])
+    check = getattr(network_class, "fm_check_options", None)
+    if check is None:
+        return
+    try:
+        check(values)
+    except ValueError as exc:
+        raise UserInputError(f"{exc} (plans add: nothing was written)") from exc
 
 
 def read_plans(path: Path) -> dict:

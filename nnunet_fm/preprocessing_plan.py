@@ -28,14 +28,26 @@ def check_preprocessing_keys(intensity: Any, inplane_size: Any, max_depth: Any) 
     if intensity not in INTENSITY_CHOICES:
         raise UserInputError(f"intensity={intensity!r} is not valid: expected one of {list(INTENSITY_CHOICES)}.")
     if inplane_size is not None and (
-        isinstance(inplane_size, bool) or not isinstance(inplane_size, int) or inplane_size < 16 or inplane_size % 16
+        isinstance(inplane_size, bool) or not isinstance(inplane_size, int) or inplane_size < 1
     ):
         raise UserInputError(
-            f"inplane_size={inplane_size!r} is not valid: expected a multiple of 16 (e.g. 336, the reference's) "
+            f"inplane_size={inplane_size!r} is not valid: expected a positive multiple of the in-plane patch "
+            "multiple (the encoder's patch size: 16 for DINOv3, 14 for DINOv2; 336, the reference's, suits both) "
             "or null (keep the parent configuration's spacing and patch)."
         )
     if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:
         raise UserInputError(f"max_depth={max_depth!r} is not valid: expected a positive integer (reference: 64).")
+
+
+def check_inplane_multiple(inplane_size: int, multiple: int, reason: str) -> None:
+    """A whole-slice view must hold whole encoder patches: ``inplane_size`` a multiple of ``multiple``."""
+    if inplane_size % multiple:
+        lower = max(multiple, inplane_size // multiple * multiple)
+        upper = -(-inplane_size // multiple) * multiple
+        raise UserInputError(
+            f"inplane_size={inplane_size} is not a multiple of {multiple} ({reason}); every slice must hold whole "
+            f"encoder patches. Use --set inplane_size={lower} or {upper}."
+        )
 
 
 def whole_slice_geometry(parent: dict, inplane_size: int, max_depth: int) -> tuple[list[float], list[int]]:

@@ -163,7 +163,11 @@ CATALOGUE = [
     ("patch-breaks-rules", [*FFA, "--set", "patch_size=[8,40,40]", "inplane_size=null"], ["Nearest valid patch"]),
     ("patch-not-a-list", [*FFA, "--set", "patch_size=64"], ["patch_size must be a JSON list"]),
     ("batch-zero", [*FFA, "--set", "batch_size=0"], ["batch_size must be a positive int"]),
-    ("inplane-not-16", [*FFA, "--set", "inplane_size=100"], ["inplane_size=100", "multiple of 16"]),
+    (
+        "inplane-not-16",
+        [*FFA, "--set", "inplane_size=100"],
+        ["inplane_size=100", "not a multiple of 16", "inplane_size=96 or 112"],
+    ),
     ("bad-intensity", [*FFA, "--set", "intensity=raw"], ["intensity='raw'", "affine"]),
     (
         "cube-size-breaks",

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from nnunet_fm.architectures.dinov3_cube import DINOv3Cube
 from nnunet_fm.architectures.dinov3_ffa import DINOv3FFA
 from nnunet_fm.demo import add_plans
 from nnunet_fm.encoders import ENCODER_WEIGHTS_ENV_VAR, FrozenViTEncoder
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.pipeline import train_predict_evaluate
-from nnunet_fm.templates import resolve_patch
+from nnunet_fm.plans import build_configuration
+from nnunet_fm.templates import load_template, resolve_patch
 
 DINOV2 = "vit_small_patch14_dinov2.lvd142m"
 TINY_ENCODER = {"embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -58,6 +60,32 @@ def test_encoder_patch_rule_snaps_to_the_encoders_patch() -> None:
         resolve_patch(ENCODER_PATCH, [16, 48, 48], None, dinov2, user_given=True)
     with pytest.raises(UserInputError, match=r"encoder_patch.*vit_small_patch14_dinov3"):
         resolve_patch(ENCODER_PATCH, [16, 48, 48], None, {"encoder": "vit_small_patch14_dinov3"}, False)
+
+
+def _plans(nnunet_env) -> dict:
+    path = nnunet_env.preprocessed / nnunet_env.dataset_folder(DATASET_ID).name / "nnUNetPlans.json"
+    return json.loads(path.read_text())
+
+
+def test_whole_slice_view_must_hold_whole_encoder_patches(nnunet_env) -> None:
+    """inplane_size is checked against the configured encoder's patch (14 here), not a fixed 16."""
+    plans, template = _plans(nnunet_env), load_template("dinov3_ffa")
+    dinov2 = {"encoder": DINOV2, "encoder_kwargs": TINY_ENCODER}
+    config = build_configuration(plans, template, {**dinov2, "inplane_size": 42})
+    assert config["patch_size"][1:] == [42, 42]
+    with pytest.raises(UserInputError, match=r"inplane_size=48 is not a multiple of 14 .*--set inplane_size=42 or 56"):
+        build_configuration(plans, template, {**dinov2, "inplane_size": 48})
+    assert build_configuration(plans, template, {"inplane_size": 48})["patch_size"][1:] == [48, 48]  # DINOv3: 16
+    with pytest.raises(UserInputError, match=r"inplane_size=42 is not a multiple of 16"):
+        build_configuration(plans, template, {"inplane_size": 42})
+
+
+def test_sub_cube_model_refuses_a_patch_14_encoder_when_planned(nnunet_env) -> None:
+    """DINOv3Cube up-samples by x2 stages: a patch-14 encoder is refused by `plans add`, not by training."""
+    with pytest.raises(UserInputError, match=r"power of 2; '.*dinov2.*' has patch size 14.*dinov3_ffa"):
+        build_configuration(_plans(nnunet_env), load_template("dinov3_cube"), {"encoder": DINOV2})
+    with pytest.raises(ValueError, match="power of 2"):
+        DINOv3Cube(1, 3, [4, 28, 28], encoder=DINOV2, encoder_kwargs=TINY_ENCODER, taps=(0, 1))
 
 
 def _meta_dinov2_checkpoint(path) -> dict[str, torch.Tensor]:
