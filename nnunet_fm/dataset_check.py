@@ -111,17 +111,25 @@ def _geometry_problems(case: str, path: Path, reference: Path, geometry: tuple, 
     return problems
 
 
+def missing_channel_files(case: str, images_dir: Path, meta: dict) -> list[str]:
+    """The problem (one entry, or none) of a case lacking some of the channel files dataset.json declares."""
+    ending = meta["file_ending"]
+    names = [f"{case}_{int(c):04d}{ending}" for c in sorted(meta["channel_names"], key=int)]
+    missing = [name for name in names if not (images_dir / name).is_file()]
+    if not missing:
+        return []
+    declared = f"dataset.json declares {len(names)} channel(s)"
+    return [f"case '{case}': missing channel file(s) {missing} in {images_dir} ({declared})"]
+
+
 def check_case(case: str, images_dir: Path, labels_dir: Path | None, meta: dict, allowed_labels: set[int]) -> list[str]:
     """Problems of one case: missing channel/label files, shape or spacing mismatch, undeclared labels."""
     ending = meta["file_ending"]
     problems: list[str] = []
     channel_files = [images_dir / f"{case}_{int(c):04d}{ending}" for c in sorted(meta["channel_names"], key=int)]
-    missing = [p.name for p in channel_files if not p.is_file()]
+    missing = missing_channel_files(case, images_dir, meta)
     if missing:
-        return [
-            f"case '{case}': missing channel file(s) {missing} in {images_dir} (dataset.json declares "
-            f"{len(channel_files)} channel(s))"
-        ]
+        return missing
     # read as nnU-Net will (its reader for this dataset), so NaN is reported where nnU-Net would see it
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 

@@ -26,11 +26,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_fm.atomic_io import atomic_write_json
-from nnunet_fm.dataset_check import allowed_label_values, case_identifiers
+from nnunet_fm.dataset_check import case_identifiers
 from nnunet_fm.environment import EXT_TRAINER_VARIABLE, plugin_env
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.file_names import FEWSHOT_RECORD_NAME, MANIFEST_NAME
-from nnunet_fm.unlabelled import all_ignore_label, check_unlabelled_folder
+from nnunet_fm.unlabelled import all_ignore_label, check_unlabelled_folder, ignore_label
 
 
 @dataclass
@@ -163,16 +163,6 @@ def labelled_source(model_folder: Path, fold: str, ending: str) -> LabelledSourc
     return LabelledSource(original, list(manifest["labelled_cases"]), meta, int(manifest.get("round", 1)))
 
 
-def ignore_label_value(labelled_dataset_json: dict, voxel_threshold: float) -> int | None:
-    """The labelled dataset's own ignore label if it has one, else (with a voxel threshold) highest label + 1."""
-    labels = labelled_dataset_json["labels"]
-    if "ignore" in labels:
-        return int(labels["ignore"])
-    if voxel_threshold <= 0:
-        return None
-    return max(allowed_label_values(labelled_dataset_json)) + 1
-
-
 def labelled_cases(model_folder: Path, fold: str, source: Path, ending: str) -> list[str]:
     """The labelled cases the model saw: ``fewshot_cases.json`` of the fold, else every training case."""
     record = model_folder / f"fold_{fold}" / FEWSHOT_RECORD_NAME
@@ -214,9 +204,7 @@ def pseudolabel(
     target = Path(os.environ["nnUNet_raw"]) / f"Dataset{out_id:03d}_{out_name}"
     if list(Path(os.environ["nnUNet_raw"]).glob(f"Dataset{out_id:03d}_*")):
         raise UserInputError(f"A dataset with id {out_id} already exists in nnUNet_raw; choose another --out-id.")
-    ignore_value = ignore_label_value(source.dataset_json, voxel_threshold)
-    if add_unlabelled and ignore_value is None:
-        ignore_value = max(allowed_label_values(source.dataset_json)) + 1
+    ignore_value = ignore_label(source.dataset_json, needed=voxel_threshold > 0 or add_unlabelled)
     with _sigterm_as_interrupt(), tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
         tmp = Path(tmp)
         predictions = tmp / "predictions"

@@ -13,7 +13,9 @@ template that no entry names).
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 
@@ -70,6 +72,12 @@ class Family:
     def trainer(self) -> str:
         """The main trainer (the template's)."""
         return self.trainers[0]
+
+    @property
+    def configuration(self) -> str:
+        """The configuration name its template adds (read from the template's JSON; nothing is imported)."""
+        text = resources.files("nnunet_fm.plans_templates").joinpath(f"{self.template}.json").read_text()
+        return json.loads(text)["configuration"]
 
     def network_class(self) -> type | None:
         """The network class (imported now), or None for nnU-Net's own network."""
@@ -191,6 +199,20 @@ def trainer_names() -> list[str]:
 def trainer_classes() -> dict[str, type]:
     """Every registered trainer class by name (imports every trainer module)."""
     return {name: f.trainer_class(name) for f in FAMILIES for name in f.trainers}
+
+
+def plugin_option_names() -> set[str]:
+    """Every option name a registered trainer or network reads (imports those classes; nnU-Net's trainer lookup
+    has imported them already when a trainer starts)."""
+    from nnunet_fm.options import declared_options, network_options
+
+    names: set[str] = set()
+    for entry in FAMILIES:
+        names.update(*(declared_options(entry.trainer_class(t)) for t in entry.trainers))
+        network = entry.network_class()
+        if network is not None:
+            names.update(network_options(network))
+    return names
 
 
 def bench_models() -> dict[str, tuple[Family, BenchModel]]:

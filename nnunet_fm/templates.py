@@ -83,15 +83,6 @@ def trainer_class(name: str) -> type:
     return family.trainer_class(name)
 
 
-def known_plugin_keys() -> set[str]:
-    """Every key some plugin trainer or network reads (to catch keys a configuration sets in vain)."""
-    keys: set[str] = set()
-    for name in template_names():
-        template = load_template(name)
-        keys |= set(template.trainer_options()) | set(template.network_options())
-    return keys
-
-
 def template_names() -> list[str]:
     """Names of all shipped templates."""
     folder = resources.files("nnunet_fm.plans_templates")

@@ -17,46 +17,44 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_fm.atomic_io import atomic_write_json
-from nnunet_fm.dataset_check import case_identifiers, load_dataset_json
+from nnunet_fm.dataset_check import case_identifiers, file_name_problems, load_dataset_json, missing_channel_files
 from nnunet_fm.errors import UserInputError
 
 CASES_RECORD = "fm_cases.json"
 
 
-def ignore_label_of(meta: dict) -> tuple[int, bool]:
-    """(ignore label value, whether dataset.json must declare it): the declared one, else max label + 1."""
+def ignore_label(meta: dict, needed: bool = True) -> int | None:
+    """The dataset's ignore label: the one dataset.json declares, else (when ``needed``) highest label + 1, else None.
+
+    The one rule for every dataset the plugin writes (unlabelled cases, pseudo-labels with unsure voxels).
+    """
     labels = meta["labels"]
     if "ignore" in labels:
-        return int(labels["ignore"]), False
+        return int(labels["ignore"])
+    if not needed:
+        return None
     if any(not isinstance(v, int) for v in labels.values()):
-        raise UserInputError("dataset.json defines region labels; unlabelled cases need a class-label dataset.")
-    return max(labels.values()) + 1, True
+        raise UserInputError(
+            "dataset.json defines region labels; unlabelled cases and unsure pseudo-label voxels need an ignore "
+            'label, which the plugin adds only to class-label datasets. Declare "ignore" in dataset.json labels.'
+        )
+    return max(labels.values()) + 1
 
 
 def check_unlabelled_folder(folder: Path, dataset_json: dict) -> list[str]:
-    """Case ids of an unlabelled folder; every file must be CASE_XXXX<ending> with all declared channels."""
+    """Case ids of an unlabelled image folder, checked by the same naming and channel rules as imagesTr."""
     ending = dataset_json["file_ending"]
     if not folder.is_dir():
         raise UserInputError(f"Unlabelled folder {folder} does not exist.")
-    files = sorted(p.name for p in folder.iterdir() if p.is_file())
-    wrong = [f for f in files if not f.endswith(ending)]
-    if wrong:
-        raise UserInputError(f"{folder}: files {wrong[:5]} do not end with the dataset's file ending '{ending}'.")
-    channels = sorted(int(c) for c in dataset_json["channel_names"])
-    cases = sorted({f[: -len(ending) - 5] for f in files})
-    problems = []
-    expected = {f"{case}_{c:04d}{ending}" for case in cases for c in channels}
+    wrong = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.endswith(ending))
+    problems = [f"files {wrong[:5]} do not end with the dataset's file ending '{ending}'"] if wrong else []
+    problems += file_name_problems(folder, None, dataset_json)
+    cases = case_identifiers(folder, ending)
     for case in cases:
-        missing = [f"{case}_{c:04d}{ending}" for c in channels if f"{case}_{c:04d}{ending}" not in files]
-        if missing:
-            problems.append(f"case '{case}' lacks {missing} (the model expects {len(channels)} channel(s))")
-    extra = sorted(set(files) - expected)
-    if extra:
-        problems.append(
-            f"files {extra[:5]} are channels the model does not have ({len(channels)} declared); remove them"
-        )
+        problems += missing_channel_files(case, folder, dataset_json)
     if problems or not cases:
-        raise UserInputError(f"{folder} does not match the model's channels: " + ("; ".join(problems) or "no images"))
+        listed = "; ".join(problems) or f"no images named CASE_0000{ending}"
+        raise UserInputError(f"Unlabelled folder {folder} does not match the model's input: {listed}")
     return cases
 
 
@@ -78,7 +76,7 @@ def add_unlabelled(dataset_folder: str | Path, images: str | Path) -> list[str]:
     clashes = sorted(set(cases) & existing)
     if clashes:
         raise UserInputError(f"Case ids {clashes[:5]} already exist in {folder / 'imagesTr'}; rename those images.")
-    ignore, declare = ignore_label_of(meta)
+    ignore, declare = ignore_label(meta), "ignore" not in meta["labels"]
     record_file = folder / CASES_RECORD
     record = json.loads(record_file.read_text()) if record_file.is_file() else {"labelled": sorted(existing)}
     with tempfile.TemporaryDirectory(dir=folder, prefix=".add_unlabelled.") as tmp:

@@ -5,6 +5,7 @@ Each trainer is built in-process from the planned fixture dataset with its templ
 effective options equal what it declares. Fast: no subprocess, no nnUNetv2 command.
 """
 
+import copy
 import json
 
 import numpy as np
@@ -91,6 +92,15 @@ def test_trainer_refuses_a_configuration_that_builds_another_network(nnunet_env)
         trainer_cls = getattr(nnunet_fm_trainers, trainer_name)
         with pytest.raises(UserInputError, match=r"nnunet-fm plans add -d Dataset951_\w+ --template"):
             trainer_cls({**plans, "continue_training": False}, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+    # a user's subclass is pointed at its registered base's template and configuration
+    subclass = type("MyFFATrainer", (nnunet_fm_trainers.nnUNetTrainerDINOv3FFA,), {})
+    with pytest.raises(UserInputError, match=r"--template dinov3_ffa`, then `nnUNetv2_train \S+ 3d_fm_dinov3_ffa "):
+        subclass({**plans, "continue_training": False}, "3d_fullres", 0, dataset_json, torch.device("cpu"))
     # the stock U-Net baseline trains the parent's network by design
     unet = nnunet_fm_trainers.nnUNetTrainerFMUNet
     unet({**plans, "continue_training": False}, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+    # a key another family's trainer reads is refused, not silently ignored
+    stray = copy.deepcopy(plans)
+    stray["configurations"]["3d_fullres"]["boundary_weight"] = 2.0  # LightMedSeg's loss option
+    with pytest.raises(UserInputError, match=r"sets \['boundary_weight'\], which nnUNetTrainerFMUNet does not read"):
+        unet({**stray, "continue_training": False}, "3d_fullres", 0, dataset_json, torch.device("cpu"))

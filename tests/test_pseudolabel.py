@@ -11,13 +11,12 @@ from nnunet_fm.pseudolabel import (
     CaseScore,
     case_confidence,
     confident_labels,
-    ignore_label_value,
     labelled_source,
     next_steps,
     pseudolabel,
     select_cases,
 )
-from nnunet_fm.unlabelled import check_unlabelled_folder
+from nnunet_fm.unlabelled import check_unlabelled_folder, ignore_label
 
 META = {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "a": 1}, "file_ending": ".nii.gz"}
 
@@ -49,7 +48,7 @@ def test_unsure_voxels_get_the_ignore_label():
 def test_unlabelled_folder_must_match_channels_and_file_ending(tmp_path):
     for name in ("a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz"):
         (tmp_path / name).write_bytes(b"")
-    with pytest.raises(UserInputError, match=r"case 'b' lacks \['b_0001.nii.gz'\]"):
+    with pytest.raises(UserInputError, match=r"case 'b': missing channel file\(s\) \['b_0001.nii.gz'\]"):
         check_unlabelled_folder(tmp_path, META)
     (tmp_path / "b_0001.nii.gz").write_bytes(b"")
     assert check_unlabelled_folder(tmp_path, META) == ["a", "b"]
@@ -62,9 +61,11 @@ def test_unlabelled_folder_must_match_channels_and_file_ending(tmp_path):
 
 def test_ignore_label_is_declared_only_when_needed():
     classes = {"labels": {"background": 0, "artery": 1, "vein": 2}}
-    assert ignore_label_value(classes, 0.0) is None  # no threshold: nothing ignored, nothing declared
-    assert ignore_label_value(classes, 0.7) == 3
-    assert ignore_label_value({"labels": {**classes["labels"], "ignore": 5}}, 0.0) == 5  # the dataset's own
+    assert ignore_label(classes, needed=False) is None  # no threshold: nothing ignored, nothing declared
+    assert ignore_label(classes) == 3
+    assert ignore_label({"labels": {**classes["labels"], "ignore": 5}}, needed=False) == 5  # the dataset's own
+    with pytest.raises(UserInputError, match="region labels"):
+        ignore_label({"labels": {"background": 0, "whole": [1, 2]}})
 
 
 def _dataset(raw, name, cases, labels=None):

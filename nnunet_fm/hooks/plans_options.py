@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from nnunet_fm import registry
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.options import EffectiveOption, Option, declared_options, fixed_options, resolve_options
 
@@ -62,34 +63,31 @@ class PlansOptionsMixin:
 
     def fm_check_configuration(self, name: str) -> None:
         """Refuse a configuration this trainer would misread: another network, or keys it would ignore."""
-        from nnunet_fm.templates import known_plugin_keys, template_for_trainer
-
         configuration = self.configuration_manager.configuration
         trainer = type(self).__name__
         expected = getattr(self, "fm_network", None)
         found = (configuration.get("architecture") or {}).get("network_class_name")
         if expected is not None and found != expected:
-            template = template_for_trainer(trainer)[0]
             dataset = self.plans_manager.dataset_name
+            # a user's subclass trains its registered base's configuration
+            family = next(filter(None, (registry.family_of_trainer(k.__name__) for k in type(self).__mro__)), None)
+            advice = (
+                f"Add the trainer's configuration first: `nnunet-fm plans add -d {dataset} --template "
+                f"{family.template}`, then `nnUNetv2_train {dataset} {family.configuration} FOLD -tr {trainer}`."
+                if family is not None
+                else f"Set architecture.network_class_name to {expected} in the configuration."
+            )
             raise UserInputError(
                 f"Configuration '{name}' of {dataset} builds {found}, but {trainer} trains "
-                f"{expected.rsplit('.', 1)[-1]}; training it would silently train another network. Add the "
-                f"trainer's configuration first: `nnunet-fm plans add -d {dataset} --template {template}`, then "
-                f"`nnUNetv2_train {dataset} {self._fm_template_configuration(template)} FOLD -tr {trainer}`."
+                f"{expected.rsplit('.', 1)[-1]}; training it would silently train another network. {advice}"
             )
-        stray = sorted(set(configuration) & (known_plugin_keys() - set(self.fm_declared_options())))
+        stray = sorted(set(configuration) & (registry.plugin_option_names() - set(self.fm_declared_options())))
         if stray:
             raise UserInputError(
                 f"Configuration '{name}' sets {stray}, which {trainer} does not read (network options belong in "
                 "architecture.arch_kwargs). Re-create it with `nnunet-fm plans add` or remove the keys; "
                 "`nnunet-fm plans show` lists what each key does."
             )
-
-    @staticmethod
-    def _fm_template_configuration(template: str) -> str:
-        from nnunet_fm.templates import load_template
-
-        return load_template(template).configuration
 
     def fm_effective_options(self) -> dict[str, EffectiveOption]:
         """Effective value and source of every option, checked against its declaration."""
