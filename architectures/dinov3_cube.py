@@ -10,10 +10,11 @@ choices below are ours):
   in-plane extent; RGB = (ch0, ch1 scaled the same way or ch0 again when there is one channel,
   z) with ``z = slice index in the patch / (D - 1)`` (the patch, not the volume: a sliding window
   does not know its absolute depth); then the encoder's mean/std (its timm ``pretrained_cfg``).
-- **Encoder.** One shared :class:`~nnunet_fm.encoders.FrozenViTEncoder`; all ``taps`` are kept and
-  concatenated on channels (``[B, T*E, d, h, w]`` at 1/16 in-plane), the head's first 1x1x1 conv is
-  thus a learned fusion of the taps (``taps=(10,)`` uses the last tap only). Encoder weights are
-  not loaded here (random init); the trainer loads them after building the network.
+- **Encoder.** One shared frozen encoder (:func:`~nnunet_fm.encoders.build_encoder`: a timm ViT or a
+  registered class); all ``taps`` are kept and concatenated on channels (``[B, T*E, d, h, w]`` at 1/16
+  in-plane), the head's first 1x1x1 conv is thus a learned fusion of the taps (``taps=(10,)`` uses the last
+  tap only). Encoder weights are not loaded here (random init); the trainer loads them after building the
+  network.
 - **Depth embedding** (learned, added after the head's projection): an embedding of the slice
   position inside the cube (``cube_size[0]`` rows) plus an embedding of the cube's depth index in
   the patch (one row per cube layer along D). Both are shared by all arms.
@@ -39,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from nnunet_fm.blocks import ConvNormAct, upsample_inplane
-from nnunet_fm.encoders import ENCODER_OPTIONS, FrozenViTEncoder, encoder_spec, no_fp16_autocast, zchannel_slices
+from nnunet_fm.encoders import ENCODER_OPTIONS, build_encoder, encoder_spec, no_fp16_autocast, zchannel_slices
 from nnunet_fm.options import SIGNATURE, Option
 from nnunet_fm.slice_axis import (
     SLICE_AXIS_OPTION,
@@ -193,7 +194,7 @@ class DINOv3Cube(nn.Module):
             raise ValueError(f"DINOv3Cube: patch_size must have 3 entries (D, H, W), got {list(patch_size)}.")
         self.input_patch_size = [int(p) for p in patch_size]  # nnU-Net's axis order
         self.patch_size = to_canonical(self.input_patch_size, self.slice_axis)  # slices first
-        self.encoder = FrozenViTEncoder(
+        self.encoder = build_encoder(
             encoder,
             taps=tuple(taps),
             chunk_slices=vit_chunk_slices,

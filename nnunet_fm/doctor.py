@@ -89,20 +89,25 @@ def check_networks_import() -> list[Check]:
     return checks
 
 
+#: the frozen encoders' weights fallback (plans key encoder_weights wins per configuration)
+ENCODER_WEIGHTS_CHECK = "encoder weights (fallback)"
+
+
 def check_encoder_weights() -> Check:
     from nnunet_fm.encoders import ENCODER_WEIGHTS_ENV_VAR, resolve_weights_spec
 
     spec = resolve_weights_spec(None)
     if spec in ("hub", "none"):
         return Check(
-            "DINOv3 weights",
+            ENCODER_WEIGHTS_CHECK,
             spec == "none",
-            f"{ENCODER_WEIGHTS_ENV_VAR} unset -> '{spec}'",
-            f"offline machines: download a DINOv3 checkpoint (timm, Meta or HF format) and "
-            f"export {ENCODER_WEIGHTS_ENV_VAR}=/path/to/file, or set encoder_weights in the plans",
+            f"{ENCODER_WEIGHTS_ENV_VAR} unset -> '{spec}' for configurations without encoder_weights",
+            "offline machines: download the encoder's checkpoint (timm, Meta or HF format, e.g. DINOv3 ViT-S/16) and "
+            "set it per configuration (`nnunet-fm plans add ... --set encoder_weights=/path/to/file`), or for every "
+            f"configuration: export {ENCODER_WEIGHTS_ENV_VAR}=/path/to/file",
         )
     ok = Path(spec).exists()
-    return Check("DINOv3 weights", ok, spec, "" if ok else f"{spec} does not exist; fix {ENCODER_WEIGHTS_ENV_VAR}")
+    return Check(ENCODER_WEIGHTS_CHECK, ok, spec, "" if ok else f"{spec} does not exist; fix {ENCODER_WEIGHTS_ENV_VAR}")
 
 
 def check_cuda() -> Check:
@@ -123,7 +128,7 @@ def run_checks() -> list[Check]:
     try:
         checks.append(check_encoder_weights())
     except ImportError as exc:
-        checks.append(Check("DINOv3 weights", False, f"encoder module unavailable: {exc}"))
+        checks.append(Check(ENCODER_WEIGHTS_CHECK, False, f"encoder module unavailable: {exc}"))
     checks.append(check_cuda())
     return checks
 

@@ -25,11 +25,13 @@ from nnunet_fm import encoder_weights as ew
 from nnunet_fm.options import SIGNATURE, Option
 
 __all__ = [
+    "ENCODER_CLASSES",
     "ENCODER_WEIGHTS_ENV_VAR",
     "EncoderSpec",
     "FrozenDINOv3",
     "FrozenViTEncoder",
     "LoadReport",
+    "build_encoder",
     "encoder_spec",
     "normalize",
     "normalize_imagenet",
@@ -185,9 +187,29 @@ def _cached_spec(model_name: str, kwargs_json: str) -> EncoderSpec:
         return _spec_of(_create_vit(model_name, False, json.loads(kwargs_json)))
 
 
+#: Frozen 2D encoders that are not timm ViTs, by the ``encoder`` name that selects them. A class here takes
+#: :class:`FrozenViTEncoder`'s constructor arguments (``model_name, taps, weights, chunk_slices, amp, **kwargs``),
+#: has its interface (``patch_size``, ``embed_dim``, ``mean``, ``std``, ``num_taps``, ``load_weights(spec)``, a
+#: ``forward`` returning one ``[N, embed_dim, H/p, W/p]`` map per tap) and a classmethod ``spec(kwargs)``
+#: returning its :class:`EncoderSpec` (the patch rules read it at ``plans add``). Every other name is a timm model.
+ENCODER_CLASSES: dict[str, type[nn.Module]] = {}
+
+
 def encoder_spec(model_name: str, timm_kwargs: dict | None = None) -> EncoderSpec:
-    """Patch size, width, depth and mean/std of a timm encoder, read from a weightless (meta-device) build."""
+    """Patch size, width, depth and mean/std of an encoder (timm: read from a weightless meta-device build)."""
+    custom = ENCODER_CLASSES.get(str(model_name))
+    if custom is not None:
+        return custom.spec(dict(timm_kwargs or {}))
     return _cached_spec(str(model_name), json.dumps(dict(timm_kwargs or {}), sort_keys=True))
+
+
+def build_encoder(
+    model_name: str, taps: Iterable[int], chunk_slices: int = 8, amp: bool = False, **kwargs
+) -> nn.Module:
+    """The frozen encoder a network's ``encoder`` option names: a class of :data:`ENCODER_CLASSES`, else a timm
+    ViT (:class:`FrozenViTEncoder`). Weights are loaded later (``load_weights``, in the trainer's initialize)."""
+    encoder_class = ENCODER_CLASSES.get(str(model_name), FrozenViTEncoder)
+    return encoder_class(model_name, taps=tuple(taps), chunk_slices=chunk_slices, amp=amp, **kwargs)
 
 
 @dataclass

@@ -1,13 +1,14 @@
-"""The model families the plugin ships, in one place: network, trainers, template, tiny test settings, bench rows.
+"""The model families the plugin ships: network, trainers, template, tiny test settings, bench rows.
 
-A plain data module: importing it imports no network, trainer, nnU-Net or torch module. Classes are imported
-only when asked for (:meth:`Family.network_class`, :meth:`Family.trainer_class`, :func:`trainer_classes`).
-Read by the ``nnUNet_extTrainer`` shim (its exports), ``nnunet_fm.templates`` (trainer -> template),
-``nnunet-fm doctor`` (what must resolve), the benchmark (its rows) and the contract tests (tiny settings).
+Each family is declared by the ``family`` block of its template, ``plans_templates/<family>.json`` (the network
+class, the trainer module and trainer variants, the tiny CPU test settings, the benchmark rows); this module reads
+those blocks. It imports no network, trainer, nnU-Net or torch module: classes are imported only when asked for
+(:meth:`Family.network_class`, :meth:`Family.trainer_class`, :func:`trainer_classes`). Read by the
+``nnUNet_extTrainer`` shim (its exports), ``nnunet_fm.templates`` (trainer -> template), the trainers' own
+configuration check, ``nnunet-fm doctor`` (what must resolve), the benchmark (its rows) and the contract tests.
 
-Adding a family: ``architectures/<family>.py``, ``trainers/<family>.py``, ``plans_templates/<family>.json`` and
-one :class:`Family` entry in :data:`FAMILIES` (tests/test_network_contract.py fails on a trainer module or a
-template that no entry names).
+Adding a family: ``architectures/<family>.py``, ``trainers/<family>.py`` and ``plans_templates/<family>.json`` with
+its ``family`` block (tests/test_network_contract.py fails on a trainer class no template names).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class TinySettings:
     num_classes: int = 3
     batch_size: int = 2
     plans_overrides: dict[str, Any] = field(default_factory=dict)
+    #: why the settings are what they are (JSON has no comments)
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,80 +94,34 @@ class Family:
         return import_object(f"{self.trainer_module}.{name}")
 
 
-TINY_ENCODER: dict[str, Any] = {"encoder_kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2}, "vit_amp": False}
-VIT_S = "vit_small_patch16_dinov3"
-VIT_B = "vit_base_patch16_dinov3"
-_VIT_BENCH_KWARGS = ("encoder_kwargs", "vit_amp", "taps")
+def _family_from_template(name: str, raw: dict) -> Family:
+    """The :class:`Family` a template's ``family`` block declares (its main trainer: the template's ``trainer``)."""
+    block = raw.get("family")
+    if not isinstance(block, dict):
+        raise ValueError(f"plans_templates/{name}.json has no 'family' block (network, trainer_module, tiny, ...).")
+    return Family(
+        name=name,
+        network=block["network"],
+        trainer_module=block["trainer_module"],
+        trainers=(raw["trainer"], *block.get("variants", ())),
+        template=name,
+        tiny=TinySettings(**{k: tuple(v) if k == "patch_size" else v for k, v in block["tiny"].items()}),
+        bench=tuple(
+            BenchModel(**{k: tuple(v) if k == "bench_kwargs" else v for k, v in row.items()})
+            for row in block.get("bench", ())
+        ),
+    )
 
-FAMILIES: tuple[Family, ...] = (
-    Family(
-        name="unet_fewshot",
-        network=None,
-        trainer_module="nnunet_fm.trainers.unet",
-        trainers=("nnUNetTrainerFMUNet",),
-        template="unet_fewshot",
-        tiny=TinySettings(patch_size=(16, 48, 48)),
-        bench=(BenchModel("unet", "nnU-Net PlainConvUNet (stock)", trainer="nnUNetTrainer"),),
-    ),
-    Family(
-        name="dinov3_ffa",
-        network="nnunet_fm.architectures.dinov3_ffa.DINOv3FFA",
-        trainer_module="nnunet_fm.trainers.dinov3_ffa",
-        trainers=(
-            "nnUNetTrainerDINOv3FFA",
-            "nnUNetTrainerDINOv3FFA_1shot",
-            "nnUNetTrainerDINOv3FFA_3shot",
-            "nnUNetTrainerDINOv3FFA_5shot",
-        ),
-        template="dinov3_ffa",
-        tiny=TinySettings(
-            patch_size=(2, 16, 16),
-            # no DropPath: training-mode outputs are deterministic (compiled and eager compare equal)
-            arch_kwargs={
-                **TINY_ENCODER,
-                "taps": [0, 1, 1],
-                "agg_heads": 2,
-                "adapter_drop_path": 0.0,
-                "agg_drop_path": 0.0,
-            },
-            # the parent's preprocessed data: no nnUNetv2_preprocess in the fast trainer contract
-            plans_overrides={
-                "encoder_weights": "none",
-                "patch_size": [16, 48, 48],
-                "intensity": "parent",
-                "inplane_size": None,
-            },
-        ),
-        bench=(
-            BenchModel("ffa-s", "DINOv3-FFA ViT-S", VIT_S, (*_VIT_BENCH_KWARGS, "agg_heads")),
-            BenchModel("ffa-b", "DINOv3-FFA ViT-B", VIT_B, (*_VIT_BENCH_KWARGS, "agg_heads")),
-        ),
-    ),
-    Family(
-        name="dinov3_cube",
-        network="nnunet_fm.architectures.dinov3_cube.DINOv3Cube",
-        trainer_module="nnunet_fm.trainers.dinov3_cube",
-        trainers=("nnUNetTrainerDINOv3Cube",),
-        template="dinov3_cube",
-        # two cubes along W; the trainer contract's global patch is 16x48x48 (18 cubes)
-        tiny=TinySettings(
-            patch_size=(8, 16, 32),
-            arch_kwargs={**TINY_ENCODER, "taps": [0, 1], "cube_size": [8, 16, 16]},
-            plans_overrides={"encoder_weights": "none"},
-        ),
-        bench=(BenchModel("cube", "DINOv3 sub-cube ViT-S (two-pass)", VIT_S, (*_VIT_BENCH_KWARGS, "cube_size")),),
-    ),
-    Family(
-        name="lightmedseg",
-        network="nnunet_fm.architectures.lightmedseg.LightMedSeg",
-        trainer_module="nnunet_fm.trainers.lightmedseg",
-        trainers=("nnUNetTrainerLightMedSeg",),
-        template="lightmedseg",
-        # the paper's network is already tiny (0.48M parameters); sizes must be multiples of 16
-        tiny=TinySettings(patch_size=(16, 16, 16), plans_overrides={"patch_size": [16, 48, 48], "batch_size": 2}),
-        bench=(BenchModel("lightmedseg", "LightMedSeg"),),
-    ),
-)
+
+def _load_families() -> tuple[Family, ...]:
+    """One family per shipped template, in template-name order (reads JSON only)."""
+    folder = resources.files("nnunet_fm.plans_templates")
+    names = sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+    return tuple(_family_from_template(n, json.loads(folder.joinpath(f"{n}.json").read_text())) for n in names)
+
+
+#: every shipped family (from the templates' ``family`` blocks)
+FAMILIES: tuple[Family, ...] = _load_families()
 
 
 def import_object(dotted: str) -> Any:

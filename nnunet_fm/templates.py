@@ -57,6 +57,7 @@ class Template:
     batch_dice: bool | None = None  # None: the parent configuration's
     arch_kwargs: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    family: dict = field(default_factory=dict)  # the family's registration, read by nnunet_fm.registry
 
     @property
     def trainer_class(self) -> type:

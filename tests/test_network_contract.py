@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import pkgutil
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,7 +169,7 @@ def test_shim_exports_exactly_the_registered_trainers() -> None:
 
 
 def test_every_trainer_module_is_registered() -> None:
-    """A trainer class added under trainers/ without a registry entry fails here (trainers/base.py: shared bases)."""
+    """A trainer class under trainers/ that no template's family block names fails here (base.py: shared bases)."""
     defined = {}
     for module_info in pkgutil.iter_modules(nnunet_fm.trainers.__path__):
         if module_info.name == "base":
@@ -215,8 +217,19 @@ class nnUNetTrainerNewFamily(nnUNetTrainerLightMedSeg):
     """A stand-in for a newly added family's trainer (only registered in the test below)."""
 
 
+def test_a_family_is_declared_by_its_template_alone() -> None:
+    """The registry's entry of a family is its template's ``family`` block, nothing else."""
+    raw = json.loads((Path(registry.__file__).parents[1] / "plans_templates" / "dinov3_ffa.json").read_text())
+    ffa = registry._family_from_template("dinov3_ffa", raw)
+    assert ffa == registry.family("dinov3_ffa")
+    assert ffa.trainers[0] == raw["trainer"] and ffa.tiny.patch_size == (2, 16, 16)
+    with pytest.raises(ValueError, match=r"plans_templates/new_family.json has no 'family' block"):
+        registry._family_from_template("new_family", {k: v for k, v in raw.items() if k != "family"})
+
+
 def test_a_family_added_to_the_registry_appears_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One registry entry is all the shim, the template lookup and doctor need to know of a new family."""
+    """A registered family (what a new template's ``family`` block gives) is all the shim, the template lookup
+    and doctor need to know of it."""
     new = dataclasses.replace(
         registry.family("lightmedseg"), name="new_family", trainer_module=__name__, trainers=("nnUNetTrainerNewFamily",)
     )
