@@ -8,15 +8,9 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from nnunet_fm.architectures.dinov3_ffa import (
-    ConvNeXtBlock3d,
-    ConvNeXtPyramid3d,
-    DINOv3FFA,
-    FiLM,
-    PooledSpatialAttention,
-    SliceAttention,
-    rope_1d,
-)
+from nnunet_fm.architectures.dinov3_ffa import DINOv3FFA
+from nnunet_fm.architectures.ffa_aggregator import PooledSpatialAttention, SliceAttention, rope_1d
+from nnunet_fm.architectures.ffa_blocks import ConvNeXtBlock3d, ConvNeXtPyramid3d, FiLM
 from nnunet_fm.blocks import SqueezeExcite
 
 torch.set_num_threads(1)

@@ -10,10 +10,13 @@ from torch import nn
 
 from nnunet_fm import encoder_weights as ew
 from nnunet_fm.encoders import (
+    ENCODER_CLASSES,
     ENCODER_WEIGHTS_ENV_VAR,
+    EncoderSpec,
     FrozenDINOv3,
     FrozenViTEncoder,
     LoadReport,
+    build_encoder,
     encoder_spec,
     normalize_imagenet,
     resolve_weights_spec,
@@ -544,3 +547,61 @@ def test_dinov2_meta_and_timm_formats_round_trip(tmp_path) -> None:
     save_file({k: v.contiguous() for k, v in _tiny().vit.state_dict().items()}, str(tmp_path / "v3.safetensors"))
     with pytest.raises(ValueError, match=r"do not match 'vit_small_patch14_reg4_dinov2.lvd142m'.*missing key"):
         FrozenViTEncoder(DINOV2_REG, taps=(0,), **TINY2).load_weights(tmp_path / "v3.safetensors")
+
+
+# ---- an encoder that is not a timm ViT: one class in ENCODER_CLASSES ------------------------------------------
+
+
+class ToyConvEncoder(nn.Module):
+    """A frozen non-ViT encoder (strided convolutions, patch 8) with FrozenViTEncoder's interface."""
+
+    PATCH, WIDTH = 8, 32
+
+    def __init__(self, model_name, taps, weights=None, chunk_slices=8, amp=False, **kwargs) -> None:
+        super().__init__()
+        self.model_name, self.taps = model_name, tuple(taps)
+        self.patch_size, self.embed_dim = self.PATCH, self.WIDTH
+        self.mean, self.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+        self.stem = nn.Conv2d(3, self.WIDTH, self.PATCH, stride=self.PATCH)
+        self.blocks = nn.ModuleList(nn.Conv2d(self.WIDTH, self.WIDTH, 3, padding=1) for _ in range(2))
+        self.requires_grad_(False)
+
+    @classmethod
+    def spec(cls, kwargs: dict) -> EncoderSpec:
+        return EncoderSpec(cls.PATCH, cls.WIDTH, 2, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+    @property
+    def num_taps(self) -> int:
+        return len(self.taps)
+
+    def load_weights(self, spec) -> LoadReport:
+        return LoadReport(source=str(spec), format="random-init")
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        maps, x = [], self.stem(images)
+        for block in self.blocks:
+            x = block(x)
+            maps.append(x)
+        return [maps[t] for t in self.taps]
+
+
+def test_a_non_timm_encoder_is_one_registered_class(monkeypatch) -> None:
+    """Networks, the encoder_patch rule and the trainer's weight loading take any class in ENCODER_CLASSES."""
+    from nnunet_fm.architectures.dinov3_ffa import DINOv3FFA
+    from nnunet_fm.templates import resolve_patch
+
+    monkeypatch.setitem(ENCODER_CLASSES, "toy_conv8", ToyConvEncoder)
+    assert encoder_spec("toy_conv8").patch_size == 8
+    options = {"encoder": "toy_conv8", "encoder_kwargs": None}
+    rule = {"multiple_of": ["encoder_patch"]}
+    assert resolve_patch(rule, [4, 20, 30], None, options, user_given=False) == [4, 24, 32]
+    torch.manual_seed(0)
+    net = DINOv3FFA(1, 3, encoder="toy_conv8", taps=[0, 1, 1], agg_heads=2).train()
+    assert isinstance(net.encoder, ToyConvEncoder) and net.patch_size == 8
+    y = net(torch.randn(1, 1, 3, 16, 24))
+    assert y.shape == (1, 3, 3, 16, 24)
+    y.mean().backward()
+    assert all(p.grad is None for p in net.encoder.parameters())
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+    assert build_encoder("vit_small_patch16_dinov3", [0], embed_dim=32, depth=1, num_heads=2).patch_size == 16
