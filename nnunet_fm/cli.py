@@ -129,7 +129,7 @@ def _model_folder(args: argparse.Namespace) -> str:
 
 
 def _cmd_predict_with(args: argparse.Namespace) -> int:
-    from nnunet_fm.hooks.mean_teacher import switch_model_weights
+    from nnunet_fm.hooks.mean_teacher_weights import switch_model_weights
 
     changed = switch_model_weights(_model_folder(args), args.fold, args.use)
     for file in changed:

@@ -15,17 +15,14 @@ from torch import nn
 
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.hooks.mean_teacher import (
-    CHECKPOINT_KEY,
-    MeanTeacherDataLoader,
     MeanTeacherMixin,
     consistency_loss,
     ema_alpha,
-    labelled_batch_size,
     rampup_weight,
-    switch_checkpoint_weights,
-    switch_model_weights,
     teacher_view,
 )
+from nnunet_fm.hooks.mean_teacher_loader import MeanTeacherDataLoader, labelled_batch_size
+from nnunet_fm.hooks.mean_teacher_weights import CHECKPOINT_KEY, switch_checkpoint_weights, switch_model_weights
 from nnunet_fm.hooks.slice_mask import SliceMaskedLoss
 from nnunet_fm.unlabelled import add_unlabelled
 
@@ -290,7 +287,7 @@ def test_add_unlabelled_refuses_a_mismatched_folder_and_changes_nothing(raw_copy
     else:
         add_unlabelled(folder, images)
     before = _digest(folder)
-    with pytest.raises(UserInputError, match="channels the model does not have|file ending|already exist"):
+    with pytest.raises(UserInputError, match=r"channel file\(s\) .* beyond the 1 channel|file ending|already exist"):
         add_unlabelled(folder, images)
     assert _digest(folder) == before
 

@@ -29,6 +29,9 @@ pass: frozen encoders are shared, never copied. Checkpoints keep nnU-Net's forma
 uses in ``network_weights`` (what stock ``nnUNetv2_predict`` loads) and the other set plus the EMA step under
 ``fm_mean_teacher``; ``--c`` restores student, teacher and ramp. Under DDP every rank applies the same EMA to
 identical (all-reduced) parameters, so the teachers stay identical.
+
+The batch split lives in :mod:`nnunet_fm.hooks.mean_teacher_loader`, the teacher/student switch of saved
+checkpoints in :mod:`nnunet_fm.hooks.mean_teacher_weights`.
 """
 
 from __future__ import annotations
@@ -36,19 +39,22 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
 from nnunet_fm.atomic_io import atomic_torch_save
 from nnunet_fm.errors import UserInputError
+from nnunet_fm.hooks.mean_teacher_loader import (
+    MeanTeacherDataLoader,
+    labelled_batch_size,
+    labelled_samples,
+    training_loader_override,
+)
+from nnunet_fm.hooks.mean_teacher_weights import CHECKPOINT_KEY, _to_cpu_keeping_aliases
 from nnunet_fm.options import Option
-
-CHECKPOINT_KEY = "fm_mean_teacher"
 
 
 def ema_alpha(step: int, decay: float) -> float:
@@ -83,86 +89,6 @@ def _as_list(x) -> list:
 def _rows(x, keep: torch.Tensor):
     """Samples ``keep`` of a tensor or of each tensor of a deep-supervision list."""
     return [t[keep] for t in x] if isinstance(x, list) else x[keep]
-
-
-def labelled_samples(target: torch.Tensor, ignore_label: int | None) -> torch.Tensor:
-    """Boolean per sample of a (B, 1, ...) target: does it hold any voxel that is not ``ignore_label``."""
-    if ignore_label is None:
-        return torch.ones(target.shape[0], dtype=torch.bool, device=target.device)
-    return (target != ignore_label).flatten(1).any(1)
-
-
-def labelled_batch_size(batch_size: int, fraction: float, on_top: bool) -> int:
-    """Labelled patches per batch: the plans' batch when unlabelled ones go on top, else the rest of the batch."""
-    if on_top and fraction < 1:
-        return batch_size
-    return batch_size - round(batch_size * fraction)
-
-
-class MeanTeacherDataLoader(nnUNetDataLoader):
-    """nnU-Net's training loader with a fixed split: the patches of unlabelled cases first, then
-    ``labelled_batch_size`` patches of labelled cases.
-
-    Foreground oversampling applies to the labelled part exactly as nnU-Net applies it to a batch of that size
-    (oversampling an all-ignore case would only crop it at random). With nnU-Net's independent draws the split is
-    binomial and the oversampled last slot lands on an unlabelled patch half of the time: on the demo data that
-    halved the labelled foreground-centred patches, and the thin vein class was not learned in 100 steps where the
-    same run without unlabelled patches learned it (BENCHMARKS.md, semi-supervised section). SSL4MIS fixes the
-    split the same way (``TwoStreamBatchSampler``).
-    """
-
-    def __init__(
-        self,
-        data,
-        batch_size: int,
-        *args,
-        labelled: list[str],
-        unlabelled: list[str],
-        labelled_batch_size: int,
-        **kwargs,
-    ) -> None:
-        super().__init__(data, batch_size, *args, **kwargs)
-        self.labelled, self.unlabelled = list(labelled), list(unlabelled)
-        if not self.unlabelled:
-            labelled_batch_size = batch_size
-        elif not self.labelled:
-            labelled_batch_size = 0
-        self.labelled_batch_size = min(labelled_batch_size, batch_size)
-        self.unlabelled_batch_size = batch_size - self.labelled_batch_size
-
-    def get_indices(self) -> list[str]:
-        return [
-            *np.random.choice(self.unlabelled, self.unlabelled_batch_size, replace=True),
-            *np.random.choice(self.labelled, self.labelled_batch_size, replace=True),
-        ]
-
-    def _oversample_last_XX_percent(self, sample_idx: int) -> bool:
-        j = sample_idx - self.unlabelled_batch_size
-        return j >= 0 and not j < round(self.labelled_batch_size * (1 - self.oversample_foreground_percent))
-
-    def _probabilistic_oversampling(self, sample_idx: int) -> bool:
-        return sample_idx >= self.unlabelled_batch_size and super()._probabilistic_oversampling(sample_idx)
-
-
-@contextlib.contextmanager
-def training_loader_override(choose: Callable[[object], Callable | None]) -> Iterator[None]:
-    """Within the block, nnU-Net builds the loader of a dataset with ``choose(dataset)`` when that is not None.
-
-    nnU-Net 2.8.1 constructs its loaders inline in ``nnUNetTrainer.get_dataloaders``, so the name it looks up is
-    swapped for the duration of that one call and restored after it.
-    """
-    from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as trainer_module
-
-    stock = trainer_module.nnUNetDataLoader
-
-    def loader(data, *args, **kwargs):
-        return (choose(data) or stock)(data, *args, **kwargs)
-
-    trainer_module.nnUNetDataLoader = loader
-    try:
-        yield
-    finally:
-        trainer_module.nnUNetDataLoader = stock
 
 
 class MeanTeacherMixin:
@@ -438,91 +364,3 @@ class MeanTeacherMixin:
         else:
             self._fm_teacher = other
         self._fm_ema_step = int(saved["ema_step"])
-
-
-CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
-
-
-def _where(tensor: torch.Tensor) -> tuple:
-    """Equal for two tensors exactly when they are views of the same memory with the same shape."""
-    return tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape
-
-
-def _to_cpu_keeping_aliases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` on the CPU, keys that share a tensor on the device sharing one CPU copy (saved once)."""
-    copies: dict[tuple, torch.Tensor] = {}
-    result = {}
-    for key, tensor in state.items():
-        where = _where(tensor)
-        if where not in copies:
-            copies[where] = tensor.cpu()
-        result[key] = copies[where]
-    return result
-
-
-def _with_aliases(weights: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``other`` of a checkpoint before 2026-11-30 (one key per parameter) extended to every key of the parameter.
-
-    A key aliases ``name`` when it shares its storage (``torch.save`` keeps sharing) or, for a parameter whose two
-    sets differ, holds exactly the value of either set (the earlier switch wrote ``name`` only). Each alias of
-    ``weights`` is set to the value under ``name`` (the set the file says it holds); parameters whose two sets are
-    equal need no alias, either value is right.
-    """
-    full = dict(other)
-    for name, tensor in other.items():
-        current = weights[name]
-        trained = not torch.equal(current, tensor)
-        for key, value in list(weights.items()):
-            if key in full or value.shape != current.shape:
-                continue
-            shared = _where(value) == _where(current)
-            if shared or (trained and (torch.equal(value, current) or torch.equal(value, tensor))):
-                full[key], weights[key] = tensor, current
-    return full
-
-
-def switch_checkpoint_weights(checkpoint_file: str | Path, use: str) -> bool:
-    """Make ``network_weights`` of a Mean Teacher checkpoint hold the ``use`` ('teacher'/'student') weights.
-
-    The other set moves to ``fm_mean_teacher`` (nothing is lost, so switching back restores the file's weights);
-    written atomically. Returns whether the file changed.
-    """
-    if use not in ("teacher", "student"):
-        raise UserInputError(f"use={use!r}: expected 'teacher' or 'student'.")
-    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
-    saved = checkpoint.get(CHECKPOINT_KEY)
-    if saved is None:
-        raise UserInputError(
-            f"{checkpoint_file} was not trained with ssl=mean_teacher (no teacher/student pair in it); "
-            "its network_weights are the only weights it has."
-        )
-    if saved["network_weights_are"] == use:
-        return False
-    weights, other = checkpoint["network_weights"], saved["other_trainable"]
-    if not saved.get("other_has_aliases"):
-        other = saved["other_trainable"] = _with_aliases(weights, other)
-        saved["other_has_aliases"] = True
-    for key, tensor in other.items():
-        other[key], weights[key] = weights[key], tensor
-    saved["network_weights_are"] = use
-    atomic_torch_save(checkpoint, checkpoint_file)
-    return True
-
-
-def switch_model_weights(model_folder: str | Path, folds: list[str], use: str) -> list[Path]:
-    """:func:`switch_checkpoint_weights` on every checkpoint of ``folds``; returns the files that changed."""
-    model_folder = Path(model_folder)
-    fold_folders = [model_folder / f"fold_{fold}" for fold in folds]
-    missing = [f for f in fold_folders if not any((f / n).is_file() for n in CHECKPOINT_NAMES)]
-    if missing:
-        raise UserInputError(
-            f"No checkpoint in {missing[0]}; give a trained model folder (-m, or -d -c -tr) and its folds (-f)."
-        )
-    files = [f / n for f in fold_folders for n in CHECKPOINT_NAMES if (f / n).is_file()]
-    for file in files:  # check every file before changing any
-        if CHECKPOINT_KEY not in torch.load(file, map_location="cpu", weights_only=False):
-            raise UserInputError(
-                f"{file} was not trained with ssl=mean_teacher: it holds one set of weights, which nnUNetv2_predict "
-                "already uses; nothing changed."
-            )
-    return [file for file in files if switch_checkpoint_weights(file, use)]
