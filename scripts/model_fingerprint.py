@@ -1,0 +1,96 @@
+"""Fingerprint of what the plugin builds, to show that a refactor changed no number or behaviour.
+
+Prints JSON: per family, the parameter counts of the default network (ViT-S/16 encoders with random weights) and
+a hash of a tiny network's output (seeded init, fixed input, eval mode); per template, the configuration
+``plans add`` writes for a fixed 3d_fullres parent. Run it on two checkouts and diff the output:
+
+    python scripts/model_fingerprint.py > after.json
+    PYTHONPATH=/path/to/old_package python scripts/model_fingerprint.py > before.json
+
+(an old checkout's package laid out as installed: ``nnunet_fm/`` with ``architectures/``, ``trainers/`` and
+``plans_templates/`` inside it). Works with any checkout that has ``nnunet_fm.plans.build_configuration``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+
+import torch
+
+TINY_VIT = {"encoder_kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2}}
+PARENT = {
+    "data_identifier": "nnUNetPlans_3d_fullres",
+    "preprocessor_name": "DefaultPreprocessor",
+    "batch_size": 2,
+    "patch_size": [64, 128, 128],
+    "median_image_size_in_voxels": [120, 300, 280],
+    "spacing": [2.5, 0.8, 0.8],
+    "normalization_schemes": ["CTNormalization"],
+    "use_mask_for_norm": [False],
+    "resampling_fn_data": "resample_data_or_seg_to_shape",
+    "resampling_fn_seg": "resample_data_or_seg_to_shape",
+    "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+    "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+    "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+    "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+    "batch_dice": True,
+}
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().float().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _counts(net: torch.nn.Module) -> dict[str, int]:
+    return {
+        "trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
+        "total": sum(p.numel() for p in net.parameters()),
+    }
+
+
+def networks() -> dict[str, dict]:
+    from nnunet_fm.architectures.dinov3_cube import DINOv3Cube
+    from nnunet_fm.architectures.dinov3_ffa import DINOv3FFA
+    from nnunet_fm.architectures.lightmedseg import LightMedSeg
+
+    builds = {
+        "dinov3_ffa": (
+            lambda: DINOv3FFA(1, 3),
+            lambda: DINOv3FFA(1, 3, **TINY_VIT, taps=[0, 1, 1], agg_heads=2),
+            (1, 1, 3, 32, 32),
+        ),
+        "dinov3_cube": (
+            lambda: DINOv3Cube(1, 3, [8, 32, 32]),
+            lambda: DINOv3Cube(1, 3, [8, 16, 32], **TINY_VIT, taps=[0, 1], cube_size=[8, 16, 16]),
+            (1, 1, 8, 16, 32),
+        ),
+        "lightmedseg": (lambda: LightMedSeg(4, 4), lambda: LightMedSeg(1, 3), (1, 1, 16, 32, 32)),
+    }
+    out = {}
+    for name, (default, tiny, shape) in builds.items():
+        torch.manual_seed(0)
+        net = tiny().eval()
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            y = net(x)
+        out[name] = {"default": _counts(default()), "tiny": _counts(net), "tiny_output": _digest(y)}
+    return out
+
+
+def configurations() -> dict[str, dict]:
+    from nnunet_fm.plans import build_configuration
+    from nnunet_fm.templates import load_template, template_names
+    from nnunet_fm.tools.bench.models import DEFAULT_ARCHITECTURE
+
+    plans = {
+        "plans_name": "nnUNetPlans",
+        "transpose_forward": [0, 1, 2],
+        "configurations": {"3d_fullres": {**copy.deepcopy(PARENT), "architecture": DEFAULT_ARCHITECTURE}},
+    }
+    return {name: build_configuration(copy.deepcopy(plans), load_template(name), {}) for name in template_names()}
+
+
+if __name__ == "__main__":
+    print(json.dumps({"networks": networks(), "configurations": configurations()}, indent=1, sort_keys=True))
