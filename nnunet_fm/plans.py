@@ -191,7 +191,7 @@ def build_configuration(plans: dict, template: Template, overrides: dict[str, An
             template.network_options(), effective_arch["arch_kwargs"] if architecture else {}, ""
         ).items()
     }
-    check_network_options(effective_arch if architecture else None, network_values)
+    check_network_options(architecture, network_values)
     intensity = structural.get("intensity", template.intensity)
     inplane_size = structural.get("inplane_size", template.inplane_size)
     max_depth = structural.get("max_depth", template.max_depth)

@@ -69,18 +69,14 @@ class Family:
     #: shipped ``plans_templates/<template>.json`` (its ``trainer`` is the main trainer)
     template: str
     tiny: TinySettings
+    #: the configuration name its template adds
+    configuration: str = ""
     bench: tuple[BenchModel, ...] = ()
 
     @property
     def trainer(self) -> str:
         """The main trainer (the template's)."""
         return self.trainers[0]
-
-    @property
-    def configuration(self) -> str:
-        """The configuration name its template adds (read from the template's JSON; nothing is imported)."""
-        text = resources.files("nnunet_fm.plans_templates").joinpath(f"{self.template}.json").read_text()
-        return json.loads(text)["configuration"]
 
     def network_class(self) -> type | None:
         """The network class (imported now), or None for nnU-Net's own network."""
@@ -105,6 +101,7 @@ def _family_from_template(name: str, raw: dict) -> Family:
         trainer_module=block["trainer_module"],
         trainers=(raw["trainer"], *block.get("variants", ())),
         template=name,
+        configuration=raw["configuration"],
         tiny=TinySettings(**{k: tuple(v) if k == "patch_size" else v for k, v in block["tiny"].items()}),
         bench=tuple(
             BenchModel(**{k: tuple(v) if k == "bench_kwargs" else v for k, v in row.items()})
@@ -113,11 +110,20 @@ def _family_from_template(name: str, raw: dict) -> Family:
     )
 
 
+def template_names() -> list[str]:
+    """Names of all shipped templates (``plans_templates/<name>.json``), sorted."""
+    folder = resources.files("nnunet_fm.plans_templates")
+    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def read_template(name: str) -> dict:
+    """The raw JSON of a shipped template."""
+    return json.loads(resources.files("nnunet_fm.plans_templates").joinpath(f"{name}.json").read_text())
+
+
 def _load_families() -> tuple[Family, ...]:
     """One family per shipped template, in template-name order (reads JSON only)."""
-    folder = resources.files("nnunet_fm.plans_templates")
-    names = sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
-    return tuple(_family_from_template(n, json.loads(folder.joinpath(f"{n}.json").read_text())) for n in names)
+    return tuple(_family_from_template(name, read_template(name)) for name in template_names())
 
 
 #: every shipped family (from the templates' ``family`` blocks)

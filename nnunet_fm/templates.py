@@ -6,7 +6,6 @@ import json
 import math
 import pydoc
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 from nnunet_fm import registry
@@ -86,15 +85,14 @@ def trainer_class(name: str) -> type:
 
 def template_names() -> list[str]:
     """Names of all shipped templates."""
-    folder = resources.files("nnunet_fm.plans_templates")
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+    return registry.template_names()
 
 
 def load_template(name: str) -> Template:
     """Load a shipped template by name (clear error listing the valid names); its values are checked."""
     if name not in template_names():
         raise UserInputError(f"Unknown template '{name}'. Available templates: {', '.join(template_names())}.")
-    raw = json.loads(resources.files("nnunet_fm.plans_templates").joinpath(f"{name}.json").read_text())
+    raw = registry.read_template(name)
     template = Template(name=name, **raw)
     for values, declared, owner in (
         (template.options, template.trainer_options(), template.trainer),
