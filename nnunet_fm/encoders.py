@@ -28,13 +28,11 @@ __all__ = [
     "ENCODER_CLASSES",
     "ENCODER_WEIGHTS_ENV_VAR",
     "EncoderSpec",
-    "FrozenDINOv3",
     "FrozenViTEncoder",
     "LoadReport",
     "build_encoder",
     "encoder_spec",
     "normalize",
-    "normalize_imagenet",
     "resolve_weights_spec",
     "weights_source",
     "zchannel_slices",
@@ -103,11 +101,6 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     m = torch.tensor(tuple(mean), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     s = torch.tensor(tuple(std), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - m) / s
-
-
-def normalize_imagenet(x: torch.Tensor) -> torch.Tensor:
-    """Normalise ``[N, 3, H, W]`` images in [0, 1] with the ImageNet mean/std."""
-    return normalize(x, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
 
 
 def minmax_slices(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -231,9 +224,6 @@ class FrozenViTEncoder(nn.Module):
     mode, whatever mode the parent network is put in. ViTs are built with ``dynamic_img_size=True`` (any
     multiple of the patch size; ``encoder_kwargs`` may override it).
     """
-
-    IMAGENET_MEAN: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)
-    IMAGENET_STD: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)
 
     def __init__(
         self,
@@ -407,7 +397,3 @@ class FrozenViTEncoder(nn.Module):
             )
         ref = next(iter(self.vit.state_dict().values()))
         self.vit.load_state_dict({k: v.to(ref.device) for k, v in sd.items()}, strict=True)
-
-
-#: the former name (DINOv3 was the first encoder); the same class
-FrozenDINOv3 = FrozenViTEncoder

@@ -8,7 +8,7 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from torch import nn
 
 from nnunet_fm.architectures.dinov3_cube import DINOv3Cube, valid_cube_sizes
-from nnunet_fm.encoders import FrozenDINOv3
+from nnunet_fm.encoders import FrozenViTEncoder
 from nnunet_fm.network_contract import SubCubeNetwork, unwrap
 from nnunet_fm.two_pass import saved_tensor_peak, two_pass_step
 
@@ -73,7 +73,7 @@ def test_forward_shape_and_reassembly():
 def test_single_window_default_and_protocol_attributes():
     model = DINOv3Cube(1, 2, [4, 32, 16], **TINY)
     assert model.cube_size == [4, 32, 16] and model.num_cubes == 1
-    assert isinstance(model.encoder, FrozenDINOv3)
+    assert isinstance(model.encoder, FrozenViTEncoder)
     assert not any(p.requires_grad for p in model.encoder.parameters())
     assert not hasattr(model, "initialize")
     assert model(torch.randn(1, 1, 4, 32, 16)).shape == (1, 2, 4, 32, 16)

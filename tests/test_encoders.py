@@ -6,6 +6,7 @@ import pytest
 import timm.models._builder as timm_builder
 import torch
 from safetensors.torch import save_file
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from nnunet_fm import encoder_weights as ew
@@ -13,12 +14,10 @@ from nnunet_fm.encoders import (
     ENCODER_CLASSES,
     ENCODER_WEIGHTS_ENV_VAR,
     EncoderSpec,
-    FrozenDINOv3,
     FrozenViTEncoder,
     LoadReport,
     build_encoder,
     encoder_spec,
-    normalize_imagenet,
     resolve_weights_spec,
     weights_source,
     zchannel_slices,
@@ -37,8 +36,8 @@ CLIP = "vit_base_patch16_clip_224.openai"  # another timm ViT, with CLIP's own m
 TINY2 = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
-def _tiny(name: str = NAME, taps=ALL_TAPS, **kw) -> FrozenDINOv3:
-    return FrozenDINOv3(name, taps=taps, **TINY, **kw)
+def _tiny(name: str = NAME, taps=ALL_TAPS, **kw) -> FrozenViTEncoder:
+    return FrozenViTEncoder(name, taps=taps, **TINY, **kw)
 
 
 def _images(n: int = 3, h: int = 32, w: int = 48, seed: int = 1) -> torch.Tensor:
@@ -112,11 +111,6 @@ def test_amp_on_cpu_returns_float32() -> None:
     out = enc(x)[0]
     assert out.dtype == torch.float32
     assert (out - ref).abs().max() < 0.1 * ref.abs().max()
-
-
-def test_normalize_imagenet() -> None:
-    x = torch.ones(2, 3, 4, 4) * torch.tensor(FrozenDINOv3.IMAGENET_MEAN).view(1, 3, 1, 1)
-    assert normalize_imagenet(x).abs().max() < 1e-6
 
 
 # --------------------------------------------------------------------------------------------- frozen
@@ -225,7 +219,7 @@ def test_hf_bin_and_wrapped_prefixed_checkpoints(hf_model, tmp_path) -> None:
         (bin_dir / "pytorch_model.bin", "hf"),
         (tmp_path / "wrapped.pth", "hf"),
     ):
-        enc = FrozenDINOv3(NAME, taps=ALL_TAPS, weights=str(spec), **TINY)
+        enc = FrozenViTEncoder(NAME, taps=ALL_TAPS, weights=str(spec), **TINY)
         assert enc.weights_report.format == fmt
         for a, b in zip(enc(x), ref):
             assert torch.equal(a, b)
@@ -419,7 +413,7 @@ def test_patch_size_and_normalisation_come_from_the_model() -> None:
     dinov2 = FrozenViTEncoder(DINOV2, taps=(1,), **TINY2)
     dinov3 = _tiny(taps=(1,))
     assert (dinov3.patch_size, dinov2.patch_size, clip.patch_size) == (16, 14, 16)
-    assert dinov3.mean == dinov2.mean == FrozenViTEncoder.IMAGENET_MEAN
+    assert dinov3.mean == dinov2.mean == tuple(IMAGENET_DEFAULT_MEAN)
     assert clip.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     assert clip.std == pytest.approx((0.26862954, 0.26130258, 0.27577711))
     for enc, name, kwargs in ((clip, CLIP, TINY2), (dinov2, DINOV2, TINY2), (dinov3, NAME, TINY)):
@@ -440,8 +434,7 @@ def test_patch_size_and_normalisation_come_from_the_model() -> None:
     assert not torch.allclose(rgb, zchannel_slices(x, z, dinov3.mean, dinov3.std))
     # a model without mean/std in its pretrained_cfg: ImageNet
     bare = FrozenViTEncoder(CLIP, taps=(1,), pretrained_cfg_overlay={"mean": None, "std": None}, **TINY2)
-    assert (bare.mean, bare.std) == (FrozenViTEncoder.IMAGENET_MEAN, FrozenViTEncoder.IMAGENET_STD)
-    assert FrozenDINOv3 is FrozenViTEncoder
+    assert (bare.mean, bare.std) == (tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD))
 
 
 def test_dinov2_forward_intermediates_at_any_multiple_of_14() -> None:

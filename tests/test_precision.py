@@ -5,13 +5,13 @@ import torch
 
 from nnunet_fm.architectures.dinov3_cube import DINOv3Cube
 from nnunet_fm.architectures.dinov3_ffa import DINOv3FFA
-from nnunet_fm.encoders import FrozenDINOv3
+from nnunet_fm.encoders import FrozenViTEncoder
 
 TINY_ENCODER = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 FP16_MAX = torch.finfo(torch.float16).max
 
 
-def _inject_outliers(encoder: FrozenDINOv3) -> None:
+def _inject_outliers(encoder: FrozenViTEncoder) -> None:
     """Scale one residual MLP so block activations exceed fp16's range, like DINOv3's massive activations."""
     with torch.no_grad():
         block = encoder.vit.blocks[0]
@@ -26,7 +26,7 @@ def _fp16_autocast():
 @pytest.mark.parametrize("amp", [False, True])
 def test_encoder_ignores_an_outer_fp16_autocast(amp):
     torch.manual_seed(0)
-    encoder = FrozenDINOv3("vit_small_patch16_dinov3", taps=(0, 1), amp=amp, **TINY_ENCODER)
+    encoder = FrozenViTEncoder("vit_small_patch16_dinov3", taps=(0, 1), amp=amp, **TINY_ENCODER)
     _inject_outliers(encoder)
     images = torch.randn(2, 3, 32, 32)
     reference = encoder(images)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from nnunet_fm.demo import add_plans
-from nnunet_fm.encoders import FrozenDINOv3
+from nnunet_fm.encoders import FrozenViTEncoder
 from nnunet_fm.pipeline import Workspace, predict
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -26,7 +26,7 @@ def test_export_install_predict_without_the_encoder_weights_file(planned_workspa
     ws = planned_workspace
     torch.manual_seed(0)
     weights = tmp_path / "dinov3_tiny.safetensors"
-    vit = FrozenDINOv3("vit_small_patch16_dinov3", taps=(0, 1), **TINY_ENCODER).vit
+    vit = FrozenViTEncoder("vit_small_patch16_dinov3", taps=(0, 1), **TINY_ENCODER).vit
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(weights))
     settings = [
         'encoder_kwargs={"embed_dim":32,"depth":2,"num_heads":2}',

@@ -53,7 +53,7 @@ from nnunet_fm.hooks.mean_teacher_loader import (
     labelled_samples,
     training_loader_override,
 )
-from nnunet_fm.hooks.mean_teacher_weights import CHECKPOINT_KEY, _to_cpu_keeping_aliases
+from nnunet_fm.hooks.mean_teacher_weights import CHECKPOINT_KEY, to_cpu_keeping_aliases
 from nnunet_fm.options import Option
 
 
@@ -339,7 +339,7 @@ class MeanTeacherMixin:
         checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
         checkpoint[CHECKPOINT_KEY] = {
             "network_weights_are": "teacher" if to_teacher else "student",
-            "other_trainable": _to_cpu_keeping_aliases(other),
+            "other_trainable": to_cpu_keeping_aliases(other),
             "other_has_aliases": True,
             "ema_step": self._fm_ema_step,
         }

@@ -26,7 +26,7 @@ def _where(tensor: torch.Tensor) -> tuple:
     return tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape
 
 
-def _to_cpu_keeping_aliases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def to_cpu_keeping_aliases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` on the CPU, keys that share a tensor on the device sharing one CPU copy (saved once)."""
     copies: dict[tuple, torch.Tensor] = {}
     result = {}
