@@ -104,10 +104,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nnunet_fm.vessel_metrics import evaluate_folder
 
     output = args.o or os.path.join(args.pred, "summary.json")
-    summary = evaluate_folder(args.ref, args.pred, args.djfile, args.pfile, output, args.np, args.chill)
-    metrics = ("Dice", "clDice", "Betti0_error", "HD95")
-    for key, means in [*summary["mean"].items(), ("binary", summary["binary"])]:
-        print(f"{key}: " + ", ".join(f"{m} {means[m]:.4f}" for m in metrics))
+    summary = evaluate_folder(
+        args.ref, args.pred, args.djfile, args.pfile, output, args.np, args.chill, conventions=args.conventions
+    )
+    metrics = ("Dice", "clDice", "Betti0_error", "Betti1_error", "HD95")
+    rows = [*summary["mean"].items(), ("binary", summary["binary"])]
+    if "class_average" in summary:
+        rows.append(("class_average", summary["class_average"]))
+    for key, means in rows:
+        print(f"{key}: " + ", ".join(f"{m} {means[m]:.4f}" for m in metrics if m in means))
     print(f"Wrote {output} ({len(summary['metric_per_case'])} case(s); HD95 in mm)")
     return 0
 
@@ -361,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     best.set_defaults(func=_cmd_find_best)
 
     evaluate = sub.add_parser(
-        "evaluate", help="nnUNetv2_evaluate_folder's metrics plus clDice, Betti-0 error and HD95, per class and binary"
+        "evaluate", help="nnUNetv2_evaluate_folder's metrics plus clDice, Betti errors and HD95, per class and binary"
     )
     evaluate.add_argument("ref", metavar="REF_FOLDER", help="folder with reference segmentations")
     evaluate.add_argument("pred", metavar="PRED_FOLDER", help="folder with predicted segmentations")
@@ -372,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-np", type=int, default=None, help="worker processes (default: nnU-Net's, nnUNet_def_n_proc or 8)"
     )
     evaluate.add_argument("--chill", action="store_true", help="score only the predicted cases")
+    evaluate.add_argument(
+        "--conventions",
+        choices=("nnunet", "topcow"),
+        default="nnunet",
+        help="metric rules: nnunet (default; nnU-Net's NaN-for-empty rules) or topcow (TopCoW challenge's evaluation)",
+    )
     evaluate.set_defaults(func=_cmd_evaluate)
 
     demo = sub.add_parser("demo", help="run the main job end to end on synthetic data")

@@ -1,18 +1,20 @@
-"""Vessel-grade evaluation: nnU-Net's per-class metrics plus clDice, Betti-0 error and HD95 (``nnunet-fm evaluate``).
+"""Vessel-grade evaluation: nnU-Net's per-class metrics plus clDice, Betti errors and HD95 (``nnunet-fm evaluate``).
 
-Per class (label or region, from the dataset.json via nnU-Net's LabelManager) and for the binary-merged foreground
-(every foreground label -> 1), each case gets nnU-Net's own metrics (``compute_metrics``: Dice, IoU, TP, FP, FN,
-TN, n_pred, n_ref) and:
+Two conventions (``--conventions``): ``nnunet`` (the default, this module) and ``topcow`` (the TopCoW challenge's
+evaluation, :mod:`nnunet_fm.topcow_metrics`). In ``nnunet`` conventions, per class (label or region, from the
+dataset.json via nnU-Net's LabelManager) and for the binary-merged foreground (every foreground label -> 1), each
+case gets nnU-Net's own metrics (Dice, IoU, TP, FP, FN, TN, n_pred, n_ref, as ``compute_metrics``) and:
 
 * ``clDice`` (Shit et al. 2021): tprec = |S_pred ∩ V_ref| / |S_pred|, tsens = |S_ref ∩ V_pred| / |S_ref|,
-  clDice = their harmonic mean; skeletons S by scikit-image's 3D thinning (Lee 1994, ``skeletonize``).
-* ``Betti0_error``: |#connected components of the prediction - #components of the reference|, 26-connectivity.
-* ``HD95``: in mm (the image spacing): the 95th percentile of the symmetric surface distances (distances of the
-  prediction's surface voxels to the reference's surface, pooled with those of the reference's surface to the
-  prediction's; surfaces = voxels with a 6-connected background neighbour).
+  clDice = their harmonic mean; skeletons by scikit-image's ``skeletonize`` (Lee 1994 thinning in 3D) on the
+  array in (x, y, z) axis order, as TopCoW's reference code thins it (thinning depends on the axis order).
+* ``Betti0_error`` / ``Betti1_error``: |b(prediction) - b(reference)| for the 0th (components) and 1st (loops)
+  Betti numbers, 26-connected foreground and 6-connected background (8 / 4 in 2D).
+* ``HD95``: in mm (the image spacing): the 95th percentile of the pooled surface distances (prediction's surface
+  voxels to the reference's surface, and the reference's to the prediction's; surfaces = voxels with a
+  6-connected background neighbour).
 
-Conventions (:data:`CONVENTIONS`, also written into ``summary.json``): see there. Means ignore NaN
-(``np.nanmean``) like nnU-Net's; ``foreground_mean`` is the plain mean of the class means, as nnU-Net's.
+Conventions (:data:`CONVENTIONS`, also written into ``summary.json``): see there.
 """
 
 from __future__ import annotations
@@ -30,15 +32,24 @@ from nnunet_fm.atomic_io import atomic_write_json
 from nnunet_fm.errors import UserInputError
 
 TOPOLOGY_METRICS = ("clDice", "Betti0_error", "HD95")
+CONVENTION_NAMES = ("nnunet", "topcow")
+FOREGROUND_MEAN_RULE = (
+    "foreground_mean: per metric, the mean of the class means that are defined; a class whose metric is NaN in "
+    "every case is left out (NaN only when every class is); nnU-Net's plain mean would turn NaN"
+)
 CONVENTIONS = {
-    "clDice": "NaN when reference and prediction are both empty (left out of means, like nnU-Net's Dice); "
-    "0 when only one of them is empty",
+    "name": "nnunet",
+    "clDice": "per class and binary; NaN when reference and prediction are both empty (left out of means, like "
+    "nnU-Net's Dice); 0 when only one of them is empty; skeletons thinned in (x, y, z) axis order (TopCoW's)",
     "Betti0_error": "|components(prediction) - components(reference)| with 26-connectivity; 0 when both are empty",
+    "Betti1_error": "|b1(prediction) - b1(reference)|, b1 = b0 + b2 - Euler characteristic (26-connected "
+    "foreground, 6-connected background, one voxel of zero padding); 0 when both are empty",
     "HD95": "mm (image spacing); 95th percentile of the pooled surface distances prediction->reference and "
-    "reference->prediction; NaN when either mask is empty (left out of means)",
+    "reference->prediction (6-connected surfaces); NaN when either mask is empty (left out of means)",
     "binary": "all foreground labels merged into one class",
     "ignore_label": "voxels with the ignore label in the reference are removed from both masks",
-    "means": "per class and binary: np.nanmean over cases; foreground_mean: mean of the class means (nnU-Net)",
+    "means": "per class and binary: np.nanmean over cases",
+    "foreground_mean": FOREGROUND_MEAN_RULE,
 }
 
 
@@ -47,11 +58,48 @@ def _structure(ndim: int, full: bool) -> np.ndarray:
     return ndimage.generate_binary_structure(ndim, ndim if full else 1)
 
 
-def _crop(*masks: np.ndarray) -> tuple[slice, ...]:
-    """Bounding box of the union of ``masks`` with a one-voxel margin (the metrics are unchanged by this crop)."""
-    union = np.logical_or.reduce(masks)
-    box = ndimage.find_objects(union.astype(np.uint8))[0]
-    return tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, union.shape))
+def bounding_box(*masks: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
+    """Bounding box of the union of ``masks`` grown by ``margin`` voxels (clipped to the array); None if empty."""
+    union = np.logical_or.reduce(masks) if len(masks) > 1 else masks[0]
+    box = []
+    for axis in range(union.ndim):
+        hits = np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, union.shape[axis])))
+    return tuple(box)
+
+
+def skeleton(mask: np.ndarray) -> np.ndarray:
+    """scikit-image skeleton of a boolean mask, thinned with the axes reversed ((z, y, x) arrays as (x, y, z)).
+
+    Lee thinning (3D) visits voxels in array order, so its skeleton depends on the axis order; TopCoW's reference
+    code (``topcow24_eval/utils/utils_nii_mha_sitk.py``, ``load_image_and_array_as_uint8``: ``transpose((2, 1, 0))``)
+    thins SimpleITK images in (x, y, z) order, and so does this. 2D masks use scikit-image's 2D thinning.
+    """
+    from skimage.morphology import skeletonize
+
+    mask = np.asarray(mask, bool)
+    return skeletonize(mask.T).T
+
+
+def _cl_score(skel: np.ndarray, volume: np.ndarray) -> float:
+    """Share of the skeleton inside the volume; 0 for an empty skeleton."""
+    n = int(skel.sum())
+    return float((skel & volume).sum() / n) if n else 0.0
+
+
+def cl_dice_parts(mask_ref: np.ndarray, mask_pred: np.ndarray) -> tuple[float, float, float]:
+    """(clDice, topology precision, topology sensitivity) of two boolean masks; an empty skeleton scores 0."""
+    ref, pred = np.asarray(mask_ref, bool), np.asarray(mask_pred, bool)
+    box = bounding_box(ref, pred)
+    if box is None:
+        return 0.0, 0.0, 0.0
+    ref, pred = ref[box], pred[box]
+    tprec = _cl_score(skeleton(pred), ref) if pred.any() else 0.0
+    tsens = _cl_score(skeleton(ref), pred) if ref.any() else 0.0
+    cl = 2 * tprec * tsens / (tprec + tsens) if tprec + tsens > 0 else 0.0
+    return float(cl), tprec, tsens
 
 
 def cl_dice(mask_ref: np.ndarray, mask_pred: np.ndarray) -> float:
@@ -59,14 +107,7 @@ def cl_dice(mask_ref: np.ndarray, mask_pred: np.ndarray) -> float:
     ref, pred = np.asarray(mask_ref, bool), np.asarray(mask_pred, bool)
     if not ref.any() and not pred.any():
         return float("nan")
-    if not ref.any() or not pred.any():
-        return 0.0
-    from skimage.morphology import skeletonize
-
-    skel_ref, skel_pred = skeletonize(ref), skeletonize(pred)
-    tprec = (skel_pred & ref).sum() / skel_pred.sum() if skel_pred.any() else 0.0
-    tsens = (skel_ref & pred).sum() / skel_ref.sum() if skel_ref.any() else 0.0
-    return float(2 * tprec * tsens / (tprec + tsens)) if tprec + tsens > 0 else 0.0
+    return cl_dice_parts(ref, pred)[0]
 
 
 def components(mask: np.ndarray) -> int:
@@ -79,19 +120,48 @@ def betti0_error(mask_ref: np.ndarray, mask_pred: np.ndarray) -> int:
     return abs(components(mask_pred) - components(mask_ref))
 
 
-def _surface(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, structure=_structure(mask.ndim, full=False))
+def betti_numbers(mask: np.ndarray) -> tuple[int, int, int]:
+    """(b0, b1, b2) of a 2D or 3D boolean mask: components, loops (tunnels / holes) and cavities.
+
+    Foreground 26-connected (8 in 2D), background 6-connected (4 in 2D), one voxel of zero padding;
+    b1 = b0 + b2 - Euler characteristic (scikit-image's ``euler_number``); b2 = 0 in 2D.
+    """
+    from skimage.measure import euler_number
+
+    mask = np.asarray(mask, bool)
+    box = bounding_box(mask)
+    if box is None:
+        return 0, 0, 0
+    padded = np.pad(mask[box], 1)
+    b0 = int(ndimage.label(padded, structure=_structure(mask.ndim, full=True))[1])
+    b2 = int(ndimage.label(~padded, structure=_structure(mask.ndim, full=False))[1]) - 1 if mask.ndim == 3 else 0
+    chi = int(euler_number(padded, connectivity=mask.ndim))
+    return b0, b0 + b2 - chi, b2
+
+
+def betti1_error(mask_ref: np.ndarray, mask_pred: np.ndarray) -> int:
+    """|b1(pred) - b1(ref)| (loops; :func:`betti_numbers`); 0 when both are empty."""
+    return abs(betti_numbers(mask_pred)[1] - betti_numbers(mask_ref)[1])
+
+
+def _surface_points(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """Coordinates in mm of the voxels with a 6-connected (4 in 2D) background neighbour."""
+    surface = mask & ~ndimage.binary_erosion(mask, structure=_structure(mask.ndim, full=False))
+    return np.argwhere(surface) * np.asarray(spacing, float)
 
 
 def hd95(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: tuple[float, ...]) -> float:
     """95th percentile of the symmetric surface distances in mm (``spacing`` per array axis); NaN if a mask is empty."""
+    from scipy.spatial import cKDTree
+
     ref, pred = np.asarray(mask_ref, bool), np.asarray(mask_pred, bool)
     if not ref.any() or not pred.any():
         return float("nan")
-    surface_ref, surface_pred = _surface(ref), _surface(pred)
-    to_ref = ndimage.distance_transform_edt(~surface_ref, sampling=spacing)
-    to_pred = ndimage.distance_transform_edt(~surface_pred, sampling=spacing)
-    return float(np.percentile(np.concatenate([to_ref[surface_pred], to_pred[surface_ref]]), 95))
+    box = bounding_box(ref, pred)  # a one-voxel margin keeps the surfaces of masks touching the crop unchanged
+    points_ref, points_pred = _surface_points(ref[box], spacing), _surface_points(pred[box], spacing)
+    to_ref = cKDTree(points_ref).query(points_pred)[0]
+    to_pred = cKDTree(points_pred).query(points_ref)[0]
+    return float(np.percentile(np.concatenate([to_ref, to_pred]), 95))
 
 
 def topology_metrics(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: tuple[float, ...]) -> dict:
@@ -99,10 +169,30 @@ def topology_metrics(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: tuple
     ref, pred = np.asarray(mask_ref, bool), np.asarray(mask_pred, bool)
     if ref.shape != pred.shape or len(spacing) != ref.ndim:
         raise ValueError(f"masks {ref.shape} / {pred.shape} and spacing {tuple(spacing)} do not match")
-    if ref.any() or pred.any():
-        box = _crop(ref, pred)
+    box = bounding_box(ref, pred)
+    if box is not None:
         ref, pred = ref[box], pred[box]
     return {"clDice": cl_dice(ref, pred), "Betti0_error": betti0_error(ref, pred), "HD95": hd95(ref, pred, spacing)}
+
+
+def class_overlap(mask_ref: np.ndarray, mask_pred: np.ndarray, n_kept: int) -> dict:
+    """Dice, IoU, FP, TP, FN, TN, n_pred, n_ref as nnU-Net's ``compute_metrics`` (``n_kept`` = voxels scored).
+
+    The masks come with the ignored voxels already removed; Dice and IoU are NaN when both masks are empty.
+    """
+    tp = int(np.count_nonzero(mask_ref & mask_pred))
+    fp, fn = int(np.count_nonzero(mask_pred)) - tp, int(np.count_nonzero(mask_ref)) - tp
+    empty = tp + fp + fn == 0
+    return {
+        "Dice": float("nan") if empty else 2 * tp / (2 * tp + fp + fn),
+        "IoU": float("nan") if empty else tp / (tp + fp + fn),
+        "FP": fp,
+        "TP": tp,
+        "FN": fn,
+        "TN": n_kept - tp - fp - fn,
+        "n_pred": fp + tp,
+        "n_ref": fn + tp,
+    }
 
 
 def _plain(labels_or_regions: list) -> list[int | tuple[int, ...]]:
@@ -116,16 +206,19 @@ def _binary_region(labels_or_regions: list) -> tuple[int, ...]:
     return tuple(sorted(labels - {0}))
 
 
-def case_metrics(
-    reference_file: str,
-    prediction_file: str,
-    image_reader_writer,
-    labels_or_regions: list,
-    ignore_label: int | None = None,
-) -> dict:
-    """One case: nnU-Net's ``compute_metrics`` per class plus the topology metrics, and the same for ``binary``."""
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics, region_or_label_to_mask
+def class_mask(seg: np.ndarray, label_or_region: int | tuple[int, ...]) -> np.ndarray:
+    """Boolean mask of a label or of a region (any of its labels), as nnU-Net's ``region_or_label_to_mask``."""
+    if isinstance(label_or_region, tuple):
+        return np.isin(seg, label_or_region)
+    return seg == label_or_region
 
+
+def read_case(reference_file: str, prediction_file: str, image_reader_writer, ignore_label: int | None) -> tuple:
+    """(reference, prediction, keep mask or None, spacing, 2D flag) of one case; refuses differing grids.
+
+    A 2D image is one nnU-Net's readers turn into a single slice with a dummy first-axis spacing of 999 times
+    the largest in-plane spacing; the arrays and spacing returned for it are 2D.
+    """
     seg_ref, properties = image_reader_writer.read_seg(reference_file)
     seg_pred, _ = image_reader_writer.read_seg(prediction_file)
     case = os.path.basename(prediction_file)
@@ -135,29 +228,68 @@ def case_metrics(
             f"{tuple(seg_ref.shape[1:])}; predictions must lie on the reference's grid (nnUNetv2_predict writes them "
             "so). Check that the two folders hold the same cases."
         )
+    seg_ref, seg_pred = seg_ref[0], seg_pred[0]
+    spacing = tuple(float(s) for s in properties["spacing"])
+    two_d = seg_ref.ndim == 3 and seg_ref.shape[0] == 1 and spacing[0] >= 998 * max(spacing[1:])
+    if two_d:
+        seg_ref, seg_pred, spacing = seg_ref[0], seg_pred[0], spacing[1:]
+    keep = seg_ref != ignore_label if ignore_label is not None else None
+    return seg_ref, seg_pred, keep, spacing, two_d
+
+
+def case_metrics(
+    reference_file: str,
+    prediction_file: str,
+    image_reader_writer,
+    labels_or_regions: list,
+    ignore_label: int | None = None,
+    conventions: str = "nnunet",
+) -> dict:
+    """One case: nnU-Net's overlap metrics per class plus the vessel metrics, and the same for ``binary``.
+
+    ``conventions="topcow"`` hands over to :func:`nnunet_fm.topcow_metrics.topcow_case_metrics`.
+    """
+    if conventions == "topcow":
+        from nnunet_fm.topcow_metrics import topcow_case_metrics
+
+        return topcow_case_metrics(
+            reference_file, prediction_file, image_reader_writer, labels_or_regions, ignore_label
+        )
+    seg_ref, seg_pred, keep, spacing, two_d = read_case(
+        reference_file, prediction_file, image_reader_writer, ignore_label
+    )
+    if two_d:  # nnunet conventions score 2D images as the single-slice volumes nnU-Net reads
+        seg_ref, seg_pred, spacing = seg_ref[None], seg_pred[None], (999.0 * max(spacing), *spacing)
+        keep = keep[None] if keep is not None else None
     labels_or_regions = _plain(labels_or_regions)
     binary = _binary_region(labels_or_regions)
     regions = list(labels_or_regions) + ([] if binary in labels_or_regions else [binary])
-    result = compute_metrics(reference_file, prediction_file, image_reader_writer, regions, ignore_label)
-    seg_ref, seg_pred = seg_ref[0], seg_pred[0]
-    keep = seg_ref != ignore_label if ignore_label is not None else np.ones(seg_ref.shape, bool)
-    spacing = tuple(float(s) for s in properties["spacing"])
-    masks = {
-        r: (region_or_label_to_mask(seg_ref, r) & keep, region_or_label_to_mask(seg_pred, r) & keep) for r in regions
-    }
-    done: dict = {}
-    for r, (ref, pred) in masks.items():  # a class equal to the merged foreground is scored once
-        same = next((d for d in done if np.array_equal(masks[d][0], ref) and np.array_equal(masks[d][1], pred)), None)
-        done[r] = done[same] if same is not None else topology_metrics(ref, pred, spacing)
-        result["metrics"][r].update(done[r])
+    n_kept = int(keep.sum()) if keep is not None else seg_ref.size
+    result: dict = {"reference_file": reference_file, "prediction_file": prediction_file, "metrics": {}}
+    done: list = []
+    for r in regions:
+        ref, pred = class_mask(seg_ref, r), class_mask(seg_pred, r)
+        if keep is not None:
+            ref, pred = ref & keep, pred & keep
+        entry = class_overlap(ref, pred, n_kept)
+        same = next(
+            (d for m_ref, m_pred, d in done if np.array_equal(m_ref, ref) and np.array_equal(m_pred, pred)), None
+        )
+        if same is None:  # a class equal to the merged foreground is scored once
+            same = topology_metrics(ref, pred, spacing)
+            same["Betti1_error"] = betti1_error(ref, pred)
+            done.append((ref, pred, same))
+        entry.update(same)
+        result["metrics"][r] = entry
     result["binary"] = result["metrics"][binary] if binary in labels_or_regions else result["metrics"].pop(binary)
     return result
 
 
-def _nanmean(values: list) -> float:
-    with warnings.catch_warnings():  # all-NaN (every case empty) -> NaN, without numpy's warning
+def nanmean(values: list) -> float:
+    """Mean ignoring NaN; NaN (without numpy's warning) when every value is NaN or there are none."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return float(np.nanmean(np.asarray(values, dtype=float)))
+        return float(np.nanmean(np.asarray(values, dtype=float))) if len(values) else float("nan")
 
 
 def _check_inputs(folder_ref: Path, folder_pred: Path, dataset_json_file: Path, plans_file: Path | None) -> dict:
@@ -184,39 +316,8 @@ def _check_inputs(folder_ref: Path, folder_pred: Path, dataset_json_file: Path, 
     return dataset_json
 
 
-def evaluate_folder(
-    folder_ref: str | Path,
-    folder_pred: str | Path,
-    dataset_json_file: str | Path,
-    plans_file: str | Path | None = None,
-    output_file: str | Path | None = None,
-    num_processes: int | None = None,
-    chill: bool = False,
-) -> dict:
-    """Score every prediction against its reference; write and return ``summary.json`` (nnU-Net's layout + extras).
-
-    Like ``nnUNetv2_evaluate_folder``: labels/regions and ignore label from the dataset.json through nnU-Net's
-    LabelManager (the plans' label manager class when ``plans_file`` is given), the reader for the file ending,
-    ``num_processes`` workers (a spawn pool as nnU-Net's; in this process when 1; default nnU-Net's
-    ``default_num_processes``), ``chill`` to score only the
-    predicted cases. Output (JSON keys as strings): ``metric_per_case`` [{prediction_file, reference_file,
-    metrics: {class: {...}}, binary: {...}}], ``mean`` {class: {...}}, ``foreground_mean``, ``binary`` (the mean
-    merged-foreground metrics) and ``conventions``. Default ``output_file``: ``folder_pred/summary.json``.
-    """
-    from nnunetv2.configuration import default_num_processes
-    from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-    from nnunetv2.utilities.json_export import recursive_fix_for_json_export
-    from nnunetv2.utilities.label_handling.label_handling import LabelManager
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    folder_ref, folder_pred, dataset_json_file = Path(folder_ref), Path(folder_pred), Path(dataset_json_file)
-    plans_file = Path(plans_file) if plans_file is not None else None
-    dataset_json = _check_inputs(folder_ref, folder_pred, dataset_json_file, plans_file)
-    output_file = Path(output_file) if output_file is not None else folder_pred / "summary.json"
-    if output_file.suffix != ".json":
-        raise UserInputError(f"-o {output_file}: the summary file must end with .json.")
-    ending = dataset_json["file_ending"]
+def _case_names(folder_ref: Path, folder_pred: Path, ending: str, chill: bool) -> list[str]:
+    """The predicted case files to score, after checking they pair with the references."""
     references = sorted(p.name for p in folder_ref.iterdir() if p.name.endswith(ending))
     predictions = sorted(p.name for p in folder_pred.iterdir() if p.name.endswith(ending))
     if not references:
@@ -237,8 +338,55 @@ def evaluate_folder(
         )
     if not predictions:
         raise UserInputError(f"No predictions ending in '{ending}' in {folder_pred}.")
+    return predictions
 
-    reader = determine_reader_writer_from_dataset_json(dataset_json, str(folder_ref / references[0]), verbose=False)()
+
+def foreground_mean(class_means: list[dict], names: list[str]) -> dict:
+    """Per metric, the mean of the defined class means (:data:`FOREGROUND_MEAN_RULE`)."""
+    return {m: nanmean([means[m] for means in class_means]) for m in names}
+
+
+def evaluate_folder(
+    folder_ref: str | Path,
+    folder_pred: str | Path,
+    dataset_json_file: str | Path,
+    plans_file: str | Path | None = None,
+    output_file: str | Path | None = None,
+    num_processes: int | None = None,
+    chill: bool = False,
+    conventions: str = "nnunet",
+) -> dict:
+    """Score every prediction against its reference; write and return ``summary.json`` (nnU-Net's layout + extras).
+
+    Like ``nnUNetv2_evaluate_folder``: labels/regions and ignore label from the dataset.json through nnU-Net's
+    LabelManager (the plans' label manager class when ``plans_file`` is given), the reader for the file ending,
+    ``num_processes`` workers (a spawn pool as nnU-Net's; in this process when 1; default nnU-Net's
+    ``default_num_processes``), ``chill`` to score only the predicted cases. ``conventions``: ``"nnunet"`` or
+    ``"topcow"`` (TopCoW's evaluation rules, :mod:`nnunet_fm.topcow_metrics`). Output (JSON keys as strings):
+    ``metric_per_case`` [{prediction_file, reference_file, metrics: {class: {...}}, binary: {...}; topcow adds
+    class_average}], ``mean`` {class: {...}}, ``foreground_mean``, ``binary`` (the mean merged-foreground
+    metrics), topcow's ``class_average`` (mean of the cases' class averages) and ``conventions``. Default
+    ``output_file``: ``folder_pred/summary.json``.
+    """
+    from nnunetv2.configuration import default_num_processes
+    from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from nnunetv2.utilities.json_export import recursive_fix_for_json_export
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    if conventions not in CONVENTION_NAMES:
+        raise UserInputError(f"--conventions {conventions!r}: choose one of {', '.join(CONVENTION_NAMES)}.")
+    folder_ref, folder_pred, dataset_json_file = Path(folder_ref), Path(folder_pred), Path(dataset_json_file)
+    plans_file = Path(plans_file) if plans_file is not None else None
+    dataset_json = _check_inputs(folder_ref, folder_pred, dataset_json_file, plans_file)
+    output_file = Path(output_file) if output_file is not None else folder_pred / "summary.json"
+    if output_file.suffix != ".json":
+        raise UserInputError(f"-o {output_file}: the summary file must end with .json.")
+    ending = dataset_json["file_ending"]
+    predictions = _case_names(folder_ref, folder_pred, ending, chill)
+
+    reader = determine_reader_writer_from_dataset_json(dataset_json, str(folder_ref / predictions[0]), verbose=False)()
     if plans_file is not None:
         label_manager = PlansManager(str(plans_file)).get_label_manager(dataset_json)
     else:
@@ -247,7 +395,7 @@ def evaluate_folder(
         )
     regions = _plain(label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels)
     jobs = [
-        (str(folder_ref / name), str(folder_pred / name), reader, regions, label_manager.ignore_label)
+        (str(folder_ref / name), str(folder_pred / name), reader, regions, label_manager.ignore_label, conventions)
         for name in predictions
     ]
     num_processes = default_num_processes if num_processes is None else num_processes
@@ -258,19 +406,24 @@ def evaluate_folder(
             results = pool.starmap(case_metrics, jobs)
 
     names = list(results[0]["metrics"][regions[0]])
-    means = {r: {m: _nanmean([c["metrics"][r][m] for c in results]) for m in names} for r in regions}
-    foreground_mean = {m: float(np.mean([means[r][m] for r in regions if r != 0])) for m in names}
-    binary = {m: _nanmean([c["binary"][m] for c in results]) for m in names}
+    means = {r: {m: nanmean([c["metrics"][r][m] for c in results]) for m in names} for r in regions}
+    binary_names = list(results[0]["binary"])
+    summary = {
+        "foreground_mean": foreground_mean([means[r] for r in regions if r != 0], names),
+        "binary": {m: nanmean([c["binary"][m] for c in results]) for m in binary_names},
+        "mean": {label_or_region_to_key(r): v for r, v in means.items()},
+    }
+    if conventions == "topcow":
+        from nnunet_fm.topcow_metrics import CONVENTIONS as TOPCOW_CONVENTIONS
+
+        average_names = list(results[0]["class_average"])
+        summary["class_average"] = {m: nanmean([c["class_average"][m] for c in results]) for m in average_names}
+        summary["conventions"] = TOPCOW_CONVENTIONS
+    else:
+        summary["conventions"] = CONVENTIONS
     for case in results:
         case["metrics"] = {label_or_region_to_key(r): v for r, v in case["metrics"].items()}
-        recursive_fix_for_json_export(case)
-    summary = {
-        "foreground_mean": foreground_mean,
-        "binary": binary,
-        "mean": {label_or_region_to_key(r): v for r, v in means.items()},
-        "metric_per_case": results,
-        "conventions": CONVENTIONS,
-    }
+    summary["metric_per_case"] = results
     recursive_fix_for_json_export(summary)
     atomic_write_json(output_file, summary)
     return summary

@@ -9,7 +9,15 @@ import SimpleITK as sitk
 
 from nnunet_fm.cli import main
 from nnunet_fm.errors import UserInputError
-from nnunet_fm.vessel_metrics import betti0_error, cl_dice, evaluate_folder, hd95, summary_scores, topology_metrics
+from nnunet_fm.vessel_metrics import (
+    betti0_error,
+    cl_dice,
+    evaluate_folder,
+    hd95,
+    skeleton,
+    summary_scores,
+    topology_metrics,
+)
 
 SHAPE = (20, 20, 20)
 
@@ -38,20 +46,18 @@ def test_tube_against_itself_is_perfect():
 
 
 def test_cut_tube_breaks_topology_and_clDice_drops_more_than_Dice():
-    from skimage.morphology import skeletonize
-
     tube = _tube()
     cut = tube.copy()
     cut[9:11] = False  # two slices removed: two pieces, 406 voxels left
-    centreline = np.argwhere(skeletonize(tube))
-    assert (centreline[:, 1:] == 10).all() and sorted(centreline[:, 0]) == list(range(3, 17))  # 14 voxels
-    # tprec = 1 (cut inside tube); tsens = 12/14 (2 centreline voxels in the gap); clDice = 2*(6/7)/(1+6/7) = 12/13
+    centreline = np.argwhere(skeleton(tube))  # thinned in (x, y, z) order: slices 4..15
+    assert (centreline[:, 1:] == 10).all() and sorted(centreline[:, 0]) == list(range(4, 16))  # 12 voxels
+    # tprec = 1 (cut inside tube); tsens = 10/12 (2 centreline voxels in the gap); clDice = 2*(5/6)/(1+5/6) = 10/11
     metrics = topology_metrics(tube, cut, (1.0, 1.0, 1.0))
     assert metrics["Betti0_error"] == 1
-    assert metrics["clDice"] == pytest.approx(12 / 13)
+    assert metrics["clDice"] == pytest.approx(10 / 11)
     dice = _dice(tube, cut)
     assert dice == pytest.approx(2 * 406 / (464 + 406))
-    assert 1 - metrics["clDice"] > 1 - dice  # 0.0769 > 0.0667
+    assert 1 - metrics["clDice"] > 1 - dice  # 0.0909 > 0.0667
 
 
 @pytest.mark.parametrize(("axis_shift", "expected_mm"), [((0, 2), 3.0), ((2, 0), 1.6)])
@@ -159,3 +165,58 @@ def test_bad_inputs_name_the_case_and_the_fix(tmp_path, capsys):
     assert "-djfile" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nope"), str(pred), "-djfile", str(dataset_json)]) == 2
     assert "reference folder" in capsys.readouterr().err
+
+
+def test_foreground_mean_leaves_out_a_class_that_is_nan_in_every_case(tmp_path):
+    """No vein in any case: the vein's Dice, clDice and HD95 are NaN everywhere; foreground_mean is the artery's."""
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    _write(ref, "a.nii.gz", _rod(5, 5) * 1)
+    _write(pred, "a.nii.gz", _rod(5, 7) * 1)  # 3 mm off: Dice 0, HD95 3
+    _write(ref, "b.nii.gz", _rod(5, 5) * 1)
+    _write(pred, "b.nii.gz", _rod(5, 5) * 1)
+    dataset_json = tmp_path / "dataset.json"
+    meta = {"labels": {"background": 0, "artery": 1, "vein": 2}, "file_ending": ".nii.gz", "channel_names": {"0": "CT"}}
+    dataset_json.write_text(json.dumps(meta))
+    summary = evaluate_folder(ref, pred, dataset_json, num_processes=1)
+    assert all(math.isnan(summary["mean"]["2"][m]) for m in ("Dice", "clDice", "HD95"))
+    for metric, artery in (("Dice", 0.5), ("clDice", 0.5), ("HD95", 1.5), ("Betti1_error", 0.0)):
+        assert summary["foreground_mean"][metric] == pytest.approx(artery), metric
+    assert "left out" in summary["conventions"]["foreground_mean"]
+
+
+def test_betti_numbers_of_a_donut_a_hollow_cube_and_a_2d_ring():
+    from nnunet_fm.vessel_metrics import betti1_error, betti_numbers
+
+    donut = np.zeros((5, 7, 7), bool)
+    donut[1:4, 1:6, 1:6] = True
+    donut[1:4, 2:5, 2:5] = False  # a tube along axis 0: one loop
+    hollow = np.zeros((6, 6, 6), bool)
+    hollow[1:5, 1:5, 1:5] = True
+    hollow[2:4, 2:4, 2:4] = False  # one cavity, no loop
+    ring = np.ones((5, 5), bool)
+    ring[2, 2] = False
+    assert betti_numbers(donut) == (1, 1, 0)
+    assert betti_numbers(hollow) == (1, 0, 1)
+    assert betti_numbers(ring) == (1, 1, 0)
+    assert betti_numbers(np.zeros((4, 4, 4), bool)) == (0, 0, 0)
+    assert betti1_error(hollow, donut) == 1 and betti1_error(donut, donut) == 0
+
+
+@pytest.mark.parametrize("conventions", ["nnunet", "topcow"])
+def test_overlap_metrics_equal_nnunet_compute_metrics_with_an_ignore_label(tmp_path, conventions):
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from nnunet_fm.vessel_metrics import case_metrics
+
+    reference = _rod(5, 5) * 1 + _rod(14, 14) * 2
+    reference[3:6, 5, 5] = 3  # the ignore label over part of the artery
+    prediction = _rod(5, 6) * 1 + _rod(14, 14) * 2
+    _write(tmp_path, "ref.nii.gz", reference)
+    _write(tmp_path, "pred.nii.gz", prediction)
+    files = (str(tmp_path / "ref.nii.gz"), str(tmp_path / "pred.nii.gz"), SimpleITKIO())
+    ours = case_metrics(*files, [1, 2], 3, conventions)
+    stock = compute_metrics(*files, [1, 2], 3)
+    for label in (1, 2):
+        expected = {k: float(v) for k, v in stock["metrics"][label].items()}
+        assert {k: float(ours["metrics"][label][k]) for k in expected} == expected
