@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnunet_fm.vessel_metrics import (
+from nnunet_fm.mask_metrics import (
     FOREGROUND_MEAN_RULE,
-    _binary_region,
-    _plain,
     betti_numbers,
+    binary_region,
     bounding_box,
     cl_dice_parts,
     class_mask,
     class_overlap,
+    plain_classes,
     read_case,
 )
 
@@ -120,7 +120,7 @@ def topcow_case_metrics(
 ) -> dict:
     """One case under TopCoW's rules: per class ``metrics``, ``binary`` (with clDice) and ``class_average``."""
     seg_ref, seg_pred, keep, spacing, _ = read_case(reference_file, prediction_file, image_reader_writer, ignore_label)
-    labels_or_regions = _plain(labels_or_regions)
+    labels_or_regions = plain_classes(labels_or_regions)
     n_kept = int(keep.sum()) if keep is not None else seg_ref.size
     result: dict = {"reference_file": reference_file, "prediction_file": prediction_file, "metrics": {}}
     present = []
@@ -133,7 +133,7 @@ def topcow_case_metrics(
             present.append(result["metrics"][r])
     result["class_average"] = {m: float(np.mean([p[m] for p in present])) if present else 0.0 for m in AVERAGED}
 
-    binary = _binary_region(labels_or_regions)
+    binary = binary_region(labels_or_regions)
     ref, pred = class_mask(seg_ref, binary), class_mask(seg_pred, binary)
     if keep is not None:
         ref, pred = ref & keep, pred & keep

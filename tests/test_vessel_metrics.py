@@ -9,15 +9,8 @@ import SimpleITK as sitk
 
 from nnunet_fm.cli import main
 from nnunet_fm.errors import UserInputError
-from nnunet_fm.vessel_metrics import (
-    betti0_error,
-    cl_dice,
-    evaluate_folder,
-    hd95,
-    skeleton,
-    summary_scores,
-    topology_metrics,
-)
+from nnunet_fm.mask_metrics import betti0_error, cl_dice, hd95, skeleton, topology_metrics
+from nnunet_fm.vessel_metrics import evaluate_folder, summary_scores
 
 SHAPE = (20, 20, 20)
 
@@ -185,7 +178,7 @@ def test_foreground_mean_leaves_out_a_class_that_is_nan_in_every_case(tmp_path):
 
 
 def test_betti_numbers_of_a_donut_a_hollow_cube_and_a_2d_ring():
-    from nnunet_fm.vessel_metrics import betti1_error, betti_numbers
+    from nnunet_fm.mask_metrics import betti1_error, betti_numbers
 
     donut = np.zeros((5, 7, 7), bool)
     donut[1:4, 1:6, 1:6] = True

@@ -68,7 +68,7 @@ def pseudo_label_dice(pseudo_dataset: Path, source_dataset: Path) -> dict:
     (1 when a class is absent from both), per-class and binary clDice, binary Dice, Betti-0 error and HD95 (the
     vessel metrics on both masks with the ignored voxels removed; means over cases ignore NaN).
     """
-    from nnunet_fm.vessel_metrics import topology_metrics
+    from nnunet_fm.mask_metrics import topology_metrics
 
     manifest = json.loads((pseudo_dataset / MANIFEST_NAME).read_text())
     meta = json.loads((pseudo_dataset / "dataset.json").read_text())
