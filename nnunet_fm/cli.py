@@ -1,4 +1,8 @@
-"""``nnunet-fm`` command line: env, doctor, plans, demo-data, check-dataset, demo."""
+"""``nnunet-fm``: the plugin's commands next to nnU-Net's own (details: ``nnunet-fm COMMAND --help``).
+
+Set-up: env, doctor. Plans: plans add / list / show. Data: demo-data, check-dataset, add-unlabelled.
+Semi-supervised: pseudolabel, predict-with. Results: evaluate, find-best, experiment. End to end: demo.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,11 @@ import signal
 import sys
 import threading
 
-from nnunet_fm.errors import UserInputError
+from nnunet_fm.environment import default_device
+from nnunet_fm.errors import UserInputError, report
+
+#: every command with a --device takes the same rule
+DEVICE_HELP = "cpu or cuda (default: cuda when available, else cpu)"
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
@@ -157,7 +165,7 @@ def _cmd_pseudolabel(args: argparse.Namespace) -> int:
         args.case_threshold,
         args.keep_fraction,
         args.voxel_threshold,
-        args.device,
+        args.device or default_device(),
         not args.disable_tta,
         args.add_unlabelled,
     )
@@ -203,7 +211,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     settings = list(args.set or [])
     settings += [f"num_epochs={args.epochs}"] if args.epochs else []
     settings += [f"num_iterations_per_epoch={args.iterations}"] if args.iterations else []
-    rows = summarise(run_grid(ws, int(args.dataset), runs, settings, args.device))
+    rows = summarise(run_grid(ws, int(args.dataset), runs, settings, args.device or default_device()))
     files = write_reports(rows, out)
     print(to_markdown(rows))
     print("Reports: " + ", ".join(str(p) for p in files.values()))
@@ -304,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--case-threshold", type=float, help="keep cases with confidence >= T")
     choice.add_argument("--keep-fraction", type=float, help="keep the most confident fraction P of cases")
     pseudo.add_argument("--voxel-threshold", type=float, default=0.0, help="max-prob below V -> ignore label")
-    pseudo.add_argument("--device", default="cpu")
+    pseudo.add_argument("--device", default=None, help=DEVICE_HELP)
     pseudo.add_argument("--disable_tta", action="store_true")
     pseudo.add_argument(
         "--add-unlabelled",
@@ -338,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--folds", default="0")
     experiment.add_argument("--epochs", type=int)
     experiment.add_argument("--iterations", type=int)
-    experiment.add_argument("--device", default="cuda")
+    experiment.add_argument("--device", default=None, help=DEVICE_HELP)
     experiment.add_argument("--out", default="fewshot_experiment", help="folder for predictions and reports")
     experiment.add_argument(
         "--set",
@@ -390,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--trainer", default=None, help="trainer (default: the flagship)")
     demo.add_argument("--epochs", type=int, default=None)
     demo.add_argument("--iterations", type=int, default=None)
-    demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    demo.add_argument("--device", default=None, help=DEVICE_HELP)
     demo.set_defaults(func=_cmd_demo)
     return parser
 
@@ -406,8 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserInputError as exc:
-        print(f"nnunet-fm: error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc)
     finally:
         if handle:
             signal.signal(signal.SIGTERM, previous)

@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 
 from nnunet_fm.demo_data import DemoSpec, write_demo_dataset
+from nnunet_fm.environment import default_device
 from nnunet_fm.pipeline import Workspace, plan_and_preprocess, train_predict_evaluate
 from nnunet_fm.templates import template_for_trainer
 
 DEMO_DATASET_ID = 901
 DEMO_SPEC = DemoSpec(shape=(24, 64, 64), spacing=(1.5, 0.7, 0.7))
 
-# The flagship trainer on CPU: tiny random-weight DINOv3-architecture encoder (real weights: documentation/recipes.md).
+# The flagship trainer, on any device: tiny random-weight DINOv3-architecture encoder
+# (real weights: documentation/recipes.md).
 FLAGSHIP = {
     "trainer": "nnUNetTrainerDINOv3FFA",
     "set": [
@@ -77,9 +79,7 @@ def run_demo(
     device: str | None = None,
 ) -> dict:
     """Run the whole main job; prints progress, returns the scores (Dice, clDice, Betti-0, HD95), writes overlay.png."""
-    import torch
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     template, trainer = template_for_trainer(trainer or FLAGSHIP["trainer"])
     settings = list(FLAGSHIP["set"]) if trainer == FLAGSHIP["trainer"] else ["few_shot_k=5"]
     settings += [

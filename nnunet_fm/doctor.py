@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +68,8 @@ def check_trainers_resolve() -> list[Check]:
     checks = []
     for name in plugin_trainer_names():
         try:
-            cls = recursive_find_trainer_class_by_name(name)
+            with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's "not found ... Searching in:" chatter
+                cls = recursive_find_trainer_class_by_name(name)
             checks.append(Check(f"trainer {name}", True, f"{cls.__module__}.{cls.__name__}"))
         except Exception as exc:  # report every failure, keep checking the others
             checks.append(Check(f"trainer {name}", False, str(exc).splitlines()[0], fix))

@@ -23,6 +23,7 @@ from torch import nn
 
 from nnunet_fm import encoder_weights as ew
 from nnunet_fm.options import SIGNATURE, Option
+from nnunet_fm.precision import bf16_supported
 
 __all__ = [
     "ENCODER_CLASSES",
@@ -51,6 +52,8 @@ def no_fp16_autocast(device_type: str) -> contextlib.AbstractContextManager:
     Outside fp16 autocast this changes nothing.
     """
     if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16:
+        if not bf16_supported(device_type):  # V100, T4: fp32 (autocast off) keeps the outliers too
+            return torch.autocast(device_type=device_type, enabled=False)
         return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -300,7 +303,9 @@ class FrozenViTEncoder(nn.Module):
         images = images.to(device=param.device, dtype=param.dtype)
         # Never the caller's autocast: nnU-Net validates and predicts under fp16 autocast on CUDA, and the ViT's
         # large activation outliers overflow fp16. bf16 (fp32's exponent range) when ``amp``, else fp32.
-        ctx = torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=self.amp)
+        # (a GPU without bf16, e.g. V100 or T4, runs it in fp32)
+        amp = self.amp and bf16_supported(images.device.type)
+        ctx = torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=amp)
         # timm returns intermediates in block order, so ask for sorted unique taps and map back
         blocks = sorted(set(self.taps))
         per_block: list[list[torch.Tensor]] = [[] for _ in blocks]

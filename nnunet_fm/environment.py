@@ -32,5 +32,13 @@ def env_lines() -> list[str]:
     lines = [f"export {EXT_TRAINER_VARIABLE}={plugin_env()[EXT_TRAINER_VARIABLE]}"]
     for name in NNUNET_PATH_VARIABLES:
         current = os.environ.get(name)
-        lines.append(f"export {name}={current}" if current else f"export {name}=/path/to/{name}   # not set yet")
+        # an unset path stays a comment: `eval "$(nnunet-fm env)"` must not export a placeholder
+        lines.append(f"export {name}={current}" if current else f"# export {name}=/path/to/{name}  # not set yet")
     return lines
+
+
+def default_device() -> str:
+    """The one ``--device`` default of every plugin command: cuda when available, else cpu."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

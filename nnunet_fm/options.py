@@ -202,6 +202,14 @@ def _kind_of(default: Any) -> tuple[str, bool]:
     return "any", True
 
 
+def _allows_none(annotation: Any) -> bool:
+    """Whether a constructor annotation (a string under ``from __future__ import annotations``) admits None."""
+    if annotation is inspect.Parameter.empty:
+        return False
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return "None" in {part.strip() for part in text.replace("Optional[", "None|").split("|")}
+
+
 def network_options(network_class: type) -> dict[str, Option]:
     """Options of a network: its keyword constructor parameters (kind from the default) and ``fm_options``."""
     declared = {o.name: o for o in vars(network_class).get("fm_options", ())}
@@ -215,7 +223,8 @@ def network_options(network_class: type) -> dict[str, Option]:
         else:
             kind, nullable = _kind_of(default)
             help_text = f"{network_class.__name__}({name}=...), see its docstring."
-            options[name] = Option(name, default, help_text, kind=kind, nullable=nullable or default is None)
+            nullable = nullable or default is None or _allows_none(parameter.annotation)
+            options[name] = Option(name, default, help_text, kind=kind, nullable=nullable)
     missing = sorted(set(declared) - set(options))
     if missing:
         raise TypeError(f"{network_class.__name__}.fm_options declares {missing} but its constructor has no default.")

@@ -272,6 +272,15 @@ def check_network_options(architecture: dict | None, values: dict) -> None:
         raise UserInputError(f"{exc} (plans add: nothing was written)") from exc
 
 
+def check_buildable(plans: dict, name: str, config: dict, dataset_json: Path) -> None:
+    """The network builds from the configuration's options and its ``encoder_weights`` can be loaded (user errors)."""
+    from nnunet_fm.plans_checks import build_on_meta, check_encoder_weights
+
+    meta = json.loads(dataset_json.read_text()) if dataset_json.is_file() else None
+    network = build_on_meta(plans, name, config, meta)
+    check_encoder_weights(config.get("encoder_weights"), network)
+
+
 def read_plans(path: Path) -> dict:
     """A plans file's content, or a clear error when it is not valid JSON."""
     try:
@@ -306,6 +315,7 @@ def add_configuration(
                 "choose another --name, or pass --force to replace it (a backup is kept)."
             )
         config = build_configuration(plans, template, overrides or {})
+        check_buildable(plans, config_name, config, path.parent / "dataset.json")
         plans["configurations"][config_name] = config
         backup = backup_file(path)
         atomic_write_json(path, plans)

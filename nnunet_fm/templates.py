@@ -150,7 +150,8 @@ def budget_formula(template: Template) -> str:
     text = f"an epoch is one pass over the training cases: {epochs} x ceil(n_train / {batch}) optimiser steps"
     if k is not None and template.batch_size:
         steps = epochs * iterations_per_pass(k, template.batch_size)
-        text += f" (few_shot_k={k}: {steps} steps, {epochs * k} training crops at least)"
+        crops = steps * template.batch_size  # every step draws a full batch, the last one of a pass too
+        text += f" (few_shot_k={k}: {steps} steps x batch {template.batch_size} = {crops} training crops)"
     return text + "."
 
 

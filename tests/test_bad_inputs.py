@@ -4,6 +4,7 @@ file changes (hashes of the user's folders before and after). In-process CLI cal
 import hashlib
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -145,6 +146,67 @@ def _plain_model(env, tmp: Path) -> list[str]:
     return ["predict-with", "student", "-m", str(tmp / "model"), "-f", "0"]
 
 
+def _weights_file(content: Callable[[Path], None]) -> Callable:
+    """plans add naming an encoder_weights file that ``content`` writes (in the test's own folder)."""
+
+    def build(env, tmp: Path) -> list[str]:
+        path = tmp / "weights.pth"
+        content(path)
+        return [*FFA, "--set", f"encoder_weights={path}"]
+
+    return build
+
+
+def _garbage_weights(path: Path) -> None:
+    path.write_bytes(b"not a checkpoint" * 64)
+
+
+def _foreign_layout(path: Path) -> None:
+    import torch
+
+    torch.save({"backbone_layer.kernel": torch.zeros(4, 4)}, path)
+
+
+def _other_encoder(path: Path) -> None:
+    """timm weights of a 2-block, 32-wide ViT: a recognised layout, but not the template's ViT-S/16."""
+    import torch
+
+    from nnunet_fm.encoders import FrozenViTEncoder
+
+    tiny = FrozenViTEncoder("vit_small_patch16_dinov3", taps=(0,), embed_dim=32, depth=2, num_heads=2)
+    torch.save(tiny.vit.state_dict(), path)
+
+
+NOT_PREPROCESSED = "3d_catalogue_not_preprocessed"
+
+
+def _train_before_preprocess(env, tmp: Path) -> list[str]:
+    """plans add (own preprocessed data: an in-plane size nothing else uses), then nnUNetv2_train at once."""
+    assert main([*FFA, "--name", NOT_PREPROCESSED, "--set", "inplane_size=320", "encoder_weights=none"]) == 0
+    return ["nnUNetv2_train", str(DATASET_ID), NOT_PREPROCESSED, "0", "-tr", "nnUNetTrainerDINOv3FFA", "-device", "cpu"]
+
+
+def _run(args: list[str], monkeypatch) -> int:
+    """``nnunet-fm`` in-process; ``nnUNetv2_train`` in-process through nnU-Net's own entry point, reporting a
+    plugin error as the plugin's excepthook does in the real command (tests/test_errors.py checks that hook)."""
+    if args[0] != "nnUNetv2_train":
+        return main(args)
+    import torch
+    from nnunetv2.run.run_training import run_training_entry
+
+    from nnunet_fm.errors import UserInputError, report
+
+    threads = torch.get_num_threads()  # -device cpu sets it to every core
+    monkeypatch.setattr(sys, "argv", args)
+    try:
+        run_training_entry()
+    except UserInputError as exc:
+        return report(exc)
+    finally:
+        torch.set_num_threads(threads)
+    return 0
+
+
 FFA = [*PLANS, "--template", "dinov3_ffa"]
 # (id, arguments or a builder of them, text the message must contain: the problem and the fix)
 CATALOGUE = [
@@ -245,17 +307,49 @@ CATALOGUE = [
         ["No checkpoint in", "-f"],
     ),
     ("find-best-bad-model", ["find-best", "-d", str(DATASET_ID), "-m", "nnUNetTrainer"], ["TRAINER:CONFIGURATION"]),
+    (
+        "train-before-preprocess",
+        _train_before_preprocess,
+        [
+            f"Configuration '{NOT_PREPROCESSED}'",
+            "has no preprocessed data",
+            f"nnUNetv2_preprocess -d Dataset951_FMDemoVessels -plans_name nnUNetPlans -c {NOT_PREPROCESSED}\n",
+        ],
+    ),
+    (
+        "taps-out-of-range",
+        [*FFA, "--set", "taps=[0,1,20]"],
+        ["DINOv3FFA cannot be built", "tap indices [20] are out of range", "[0, 11]", "Change the value with --set"],
+    ),
+    (
+        "cube-up-widths",
+        [*PLANS, "--template", "dinov3_cube", "--set", "up_widths=[48,32]"],
+        ["DINOv3Cube cannot be built", "one width per x2 upsampling stage", "Change the value with --set"],
+    ),
+    (
+        "weights-missing",
+        [*FFA, "--set", "encoder_weights=/nonexistent/dinov3_vits16.pth"],
+        ["encoder_weights='/nonexistent/dinov3_vits16.pth'", "does not exist", "'hub'", "'none'"],
+    ),
+    ("weights-garbage", _weights_file(_garbage_weights), ["encoder_weights=", "Could not read", "safetensors"]),
+    ("weights-foreign-layout", _weights_file(_foreign_layout), ["Unrecognised encoder weights layout", "timm"]),
+    (
+        "weights-other-encoder",
+        _weights_file(_other_encoder),
+        ["do not match encoder 'vit_small_patch16_dinov3'", "shape-mismatched", "--set encoder="],
+    ),
 ]
 
 
 @pytest.mark.parametrize("case_id, arguments, expected", CATALOGUE, ids=[c[0] for c in CATALOGUE])
 def test_bad_input_names_problem_and_fix_and_changes_nothing(
-    nnunet_env, tmp_path, capsys, case_id, arguments, expected
+    nnunet_env, tmp_path, capsys, monkeypatch, case_id, arguments, expected
 ):
     args = arguments(nnunet_env, tmp_path) if callable(arguments) else arguments
     watched = [nnunet_env.raw, nnunet_env.preprocessed, nnunet_env.results, tmp_path]
     before = [_digest(folder) for folder in watched]
-    assert main(args) == 2
+    capsys.readouterr()  # what a builder printed
+    assert _run(args, monkeypatch) == 2
     message = capsys.readouterr().err
     for text in expected:
         assert text in message, f"{case_id}: {text!r} not in {message!r}"
@@ -264,5 +358,5 @@ def test_bad_input_names_problem_and_fix_and_changes_nothing(
 
 
 def test_catalogue_size():
-    """The closing note reports this number; at least 40 distinct bad inputs."""
-    assert len({c[0] for c in CATALOGUE}) == len(CATALOGUE) >= 40
+    """The closing note reports this number: 56 distinct bad inputs."""
+    assert len({c[0] for c in CATALOGUE}) == len(CATALOGUE) == 56

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -9,6 +10,35 @@ import torch
 from nnunet_fm import registry
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.options import EffectiveOption, Option, declared_options, fixed_options, resolve_options
+
+
+def check_preprocessed_data(plans: dict, configuration: str) -> None:
+    """Refuse to train a configuration whose preprocessed data does not exist, naming the command that makes it.
+
+    ``plans add`` prints that command for a configuration with its own ``data_identifier``; without it,
+    nnU-Net's ``initialize()`` fails with a ``FileNotFoundError`` traceback. Anything unusual (no
+    ``nnUNet_preprocessed``, an unknown configuration) is left to nnU-Net's own messages.
+    """
+    import os
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    root = os.environ.get("nnUNet_preprocessed")
+    dataset = plans.get("dataset_name")
+    if not root or not dataset or configuration not in plans.get("configurations", {}):
+        return
+    identifier = PlansManager(plans).get_configuration(configuration).data_identifier
+    folder = Path(root) / dataset / identifier
+    if folder.is_dir() and any(folder.iterdir()):
+        return
+    state = "is empty" if folder.is_dir() else "does not exist"
+    plans_name = plans.get("plans_name", "nnUNetPlans")
+    command = f"nnUNetv2_preprocess -d {dataset} -plans_name {plans_name} -c {configuration}"
+    raise UserInputError(
+        f"Configuration '{configuration}' of {dataset} has no preprocessed data: {folder} {state}. Run\n"
+        f"  {command}\n"
+        "(the line `nnunet-fm plans add` printed), then start nnUNetv2_train again. Nothing was written."
+    )
 
 
 class PlansOptionsMixin:
@@ -40,6 +70,7 @@ class PlansOptionsMixin:
         dataset_json: dict,
         device: torch.device = torch.device("cuda"),
     ):
+        check_preprocessed_data(plans, configuration)  # before nnU-Net's __init__ writes its output folder
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.label_manager.has_regions and not getattr(self, "fm_supports_regions", False):
             raise UserInputError(

@@ -6,13 +6,18 @@ import contextlib
 
 import torch
 
+from nnunet_fm.network_contract import unwrap
 from nnunet_fm.options import Option
+from nnunet_fm.precision import bf16_supported
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class AmpClipTrainStepMixin:
     """bf16 (or fp16 + grad scaler) autocast on CUDA only; clip at ``grad_clip``.
+
+    On a GPU without bf16 (V100, T4) ``amp_dtype: bfloat16`` falls back, with one printed line, to fp16 autocast
+    with nnU-Net's grad scaler and the frozen encoder in fp32 (``nnunet_fm.precision``).
 
     Subclasses change how the loss is computed and back-propagated by overriding ``forward_backward``.
     """
@@ -29,13 +34,32 @@ class AmpClipTrainStepMixin:
 
     def on_train_start(self):
         super().on_train_start()
-        if self.fm_option("amp_dtype") == "bfloat16":  # validated against the Option's choices
+        if self.fm_option("amp_dtype") != "bfloat16":  # validated against the Option's choices
+            return
+        if bf16_supported(self.device.type):
             self.grad_scaler = None  # bf16 has fp32's exponent range: no loss scaling needed
+            return
+        # a GPU without bf16 (V100, T4): bf16 autocast would raise at the first step
+        encoder = getattr(unwrap(self.network), "encoder", None)
+        if getattr(encoder, "amp", False):
+            encoder.amp = False  # the frozen encoder in fp32 (its outliers overflow fp16)
+        if self.grad_scaler is None:
+            self.grad_scaler = torch.GradScaler(self.device.type)
+        self.print_to_log_file(
+            "This GPU has no bf16 (torch.cuda.is_bf16_supported() is False): training with fp16 autocast and "
+            "nnU-Net's grad scaler, the frozen encoder in fp32; --set amp_dtype=float16 chooses this explicitly.",
+            also_print_to_console=True,
+        )
+
+    def fm_amp_dtype(self) -> torch.dtype:
+        """The autocast dtype on CUDA: ``amp_dtype``, or float16 where the GPU has no bf16."""
+        dtype = AMP_DTYPES[self.fm_option("amp_dtype")]
+        return torch.float16 if dtype == torch.bfloat16 and not bf16_supported(self.device.type) else dtype
 
     def fm_autocast(self):
         if self.device.type != "cuda":
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=AMP_DTYPES[self.fm_option("amp_dtype")])
+        return torch.autocast("cuda", dtype=self.fm_amp_dtype())
 
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
         return self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss
