@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from nnunet_fm.errors import UserInputError
+
 
 @dataclass(frozen=True)
 class TinySettings:
@@ -61,7 +63,7 @@ class Family:
     """A model family: its network, its trainers (the first is the main one), template and test settings."""
 
     name: str
-    #: dotted network class (a trainer's ``fm_network``); None: nnU-Net's own network from the parent plans
+    #: dotted network class (its trainers' ``fm_network`` reads it); None: nnU-Net's own network from the parent plans
     network: str | None
     #: module defining ``trainers`` (import path)
     trainer_module: str
@@ -72,6 +74,8 @@ class Family:
     #: the configuration name its template adds
     configuration: str = ""
     bench: tuple[BenchModel, ...] = ()
+    #: trainer names outside the plugin that stand for the main trainer (stock nnUNetTrainer in few-shot grids)
+    aliases: tuple[str, ...] = ()
 
     @property
     def trainer(self) -> str:
@@ -80,7 +84,7 @@ class Family:
 
     def network_class(self) -> type | None:
         """The network class (imported now), or None for nnU-Net's own network."""
-        return None if self.network is None else import_object(self.network)
+        return None if self.network is None else network_class(self.network)
 
     def trainer_class(self, name: str | None = None) -> type:
         """Trainer ``name`` (default: the main trainer) of this family, imported now."""
@@ -102,6 +106,7 @@ def _family_from_template(name: str, raw: dict) -> Family:
         trainers=(raw["trainer"], *block.get("variants", ())),
         template=name,
         configuration=raw["configuration"],
+        aliases=tuple(block.get("aliases", ())),
         tiny=TinySettings(**{k: tuple(v) if k == "patch_size" else v for k, v in block["tiny"].items()}),
         bench=tuple(
             BenchModel(**{k: tuple(v) if k == "bench_kwargs" else v for k, v in row.items()})
@@ -136,6 +141,24 @@ def import_object(dotted: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def network_class(dotted: str) -> type:
+    """The class a plans ``architecture.network_class_name`` names, imported now: the one way the plugin resolves it.
+
+    A name that does not import is a UserInputError carrying the import's own message (a missing module, a
+    dependency the module needs, a misspelt class).
+    """
+    try:
+        found = import_object(dotted)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise UserInputError(
+            f"Network class '{dotted}' (architecture.network_class_name) cannot be imported: {exc}. Check the name "
+            "(e.g. nnunet_fm.architectures.lightmedseg.LightMedSeg) and that its package is installed."
+        ) from exc
+    if not isinstance(found, type):
+        raise UserInputError(f"network_class_name '{dotted}' names {type(found).__name__}, not a class.")
+    return found
+
+
 def families() -> tuple[Family, ...]:
     """Every registered family."""
     return FAMILIES
@@ -152,6 +175,18 @@ def family(name: str) -> Family:
 def family_of_trainer(trainer: str) -> Family | None:
     """The family one of whose trainers is called ``trainer``, or None."""
     return next((f for f in FAMILIES if trainer in f.trainers), None)
+
+
+def family_of_class(cls: type) -> Family | None:
+    """The family of ``cls`` or of its nearest registered base class (a user's subclass trains its base's)."""
+    return next(filter(None, (family_of_trainer(k.__name__) for k in cls.__mro__)), None)
+
+
+def plugin_trainer(name: str) -> str | None:
+    """``name`` when it is a registered trainer, the main trainer of the family listing it in ``aliases``, else None."""
+    if family_of_trainer(name) is not None:
+        return name
+    return next((f.trainer for f in FAMILIES if name in f.aliases), None)
 
 
 def trainer_names() -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import pydoc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +70,7 @@ class Template:
 
     def network_options(self) -> dict[str, Option]:
         name = self.network_class_name
-        return {} if name is None else network_options(pydoc.locate(name))
+        return {} if name is None else network_options(registry.network_class(name))
 
 
 def trainer_class(name: str) -> type:
@@ -255,15 +254,10 @@ def resolve_patch(
     return snapped
 
 
-# Stock nnUNetTrainer has no few-shot sampling; in few-shot grids it stands for the stock U-Net with the hooks.
-TRAINER_ALIASES = {"nnUNetTrainer": "nnUNetTrainerFMUNet"}
-
-
 def template_for_trainer(trainer: str) -> tuple[str, str]:
-    """(template name, plugin trainer) for a trainer name, resolving ``TRAINER_ALIASES``: its family's template."""
-    resolved = TRAINER_ALIASES.get(trainer, trainer)
-    family = registry.family_of_trainer(resolved)
-    if family is None:
-        known = sorted({*registry.trainer_names(), *TRAINER_ALIASES})
+    """(template name, plugin trainer) for a trainer name or a family's alias (its ``family.aliases``)."""
+    resolved = registry.plugin_trainer(trainer)
+    if resolved is None:
+        known = sorted({*registry.trainer_names(), *(a for f in registry.families() for a in f.aliases)})
         raise UserInputError(f"No template trains '{trainer}'. Trainers with templates: {', '.join(known)}.")
-    return family.template, resolved
+    return registry.family_of_trainer(resolved).template, resolved

@@ -10,7 +10,8 @@ from torch import nn
 
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.file_names import FEWSHOT_RECORD_NAME as RECORD_NAME
-from nnunet_fm.hooks.class_balance import class_frequencies, class_weights, label_counts
+from nnunet_fm.hooks.class_balance import class_weights
+from nnunet_fm.hooks.class_counts import class_frequencies, label_counts
 from nnunet_fm.hooks.few_shot import FewShotMixin, choose_cases
 from nnunet_fm.hooks.optim import warmup_cosine_lr
 from nnunet_fm.hooks.patch_filter import ForegroundFilteredBatches, foreground_fraction

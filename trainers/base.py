@@ -42,7 +42,9 @@ class nnUNetTrainerFMBase(
 
     Options are read from the plans configuration (see ``nnunet_fm.options``); the network is whatever the
     configuration's ``architecture`` names. Optimiser: nnU-Net's SGD + poly unless a subclass adds
-    ``AdamWWarmupCosineMixin``.
+    ``AdamWWarmupCosineMixin``. The hooks meet at the trainer's declared extension points
+    (``nnunet_fm.hooks.extension_points``), so the order of the mixins below changes nothing
+    (tests/test_hook_order.py).
     """
 
 

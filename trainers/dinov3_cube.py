@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from nnunet_fm.hooks.extension_points import Contribution
 from nnunet_fm.options import Option
 from nnunet_fm.trainers.base import nnUNetTrainerFMFrozenEncoder
 from nnunet_fm.two_pass import two_pass_step
@@ -15,7 +16,7 @@ class nnUNetTrainerDINOv3Cube(nnUNetTrainerFMFrozenEncoder):
     ``two_pass: false`` is ordinary backprop through all cubes at once (same gradients, more memory).
     """
 
-    fm_network = "nnunet_fm.architectures.dinov3_cube.DINOv3Cube"
+    fm_contributions = (Contribution("train_step", "fm_two_pass_step", switch="two_pass=true"),)
     fm_options = (
         Option(
             "two_pass",
@@ -37,8 +38,10 @@ class nnUNetTrainerDINOv3Cube(nnUNetTrainerFMFrozenEncoder):
         "mirror_axes": None,
     }
 
-    def forward_backward(self, data: torch.Tensor, target) -> torch.Tensor:
-        if not self.fm_option("two_pass"):
-            return super().forward_backward(data, target)
+    def fm_two_pass_step_active(self) -> bool:
+        return bool(self.fm_option("two_pass"))
+
+    def fm_two_pass_step(self, data: torch.Tensor, target) -> torch.Tensor:
+        """The exact two-pass step (:func:`nnunet_fm.two_pass.two_pass_step`) under the trainer's autocast."""
         with self.fm_autocast():
             return two_pass_step(self.network, data, target, self.loss, scale_loss=self.scale_loss)

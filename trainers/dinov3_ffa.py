@@ -8,7 +8,6 @@ from nnunet_fm.trainers.base import nnUNetTrainerFMFrozenEncoder
 class nnUNetTrainerDINOv3FFA(nnUNetTrainerFMFrozenEncoder):
     """Few-shot vessel trainer of DESIGN §3; every option is a plans key (see ``nnunet-fm plans list``)."""
 
-    fm_network = "nnunet_fm.architectures.dinov3_ffa.DINOv3FFA"
     # vesselbridge3d train.py: 5 labelled volumes, each visited once per epoch (one random crop), 1000 epochs
     # vesselbridge3d: no flips in training (aug_hflip_p / aug_vflip_p 0), no test-time mirroring (inference.py)
     fm_defaults = {

@@ -16,7 +16,6 @@ class nnUNetTrainerLightMedSeg(nnUNetTrainerFMAdamW):
     few-shot, patch-filter, slice-mask and prior-bias hooks do.
     """
 
-    fm_network = "nnunet_fm.architectures.lightmedseg.LightMedSeg"
     fm_options = (
         Option(
             "boundary_weight", 1.0, "Weight of the boundary BCE term of the LightMedSeg loss.", "float", minimum=0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from nnunet_fm.hooks.extension_points import Contribution
 from nnunet_fm.options import Option
 
 
@@ -20,6 +21,8 @@ def iterations_per_pass(num_cases: int, batch_size: int) -> int:
 
 class EpochBudgetMixin:
     """Sets the iterations per epoch from the plans, or from the number of cases when they are null."""
+
+    fm_contributions = (Contribution("start", "fm_apply_epoch_budget", order=20),)
 
     fm_options = (
         Option(
@@ -48,14 +51,10 @@ class EpochBudgetMixin:
         self.num_iterations_per_epoch = int(train) if train is not None else iterations_per_pass(len(train_keys), batch)
         self.num_val_iterations_per_epoch = int(val) if val is not None else iterations_per_pass(len(val_keys), batch)
         steps = self.num_epochs * self.num_iterations_per_epoch
-        grown = self.batch_size / getattr(self, "fm_plans_batch_size", self.batch_size)  # Mean Teacher's extra
+        grown = self.batch_size / self.fm_plans_batch_size  # what batch_size contributions added
         per_step = round(batch * grown)
         self.print_to_log_file(
             f"Budget: {self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations = {steps} optimiser steps "
             f"({steps * per_step} patches of batch {per_step}; {len(train_keys)} training case(s)); validation "
             f"{self.num_val_iterations_per_epoch} iteration(s) per epoch on {len(val_keys)} case(s)."
         )
-
-    def on_train_start(self):
-        super().on_train_start()
-        self.fm_apply_epoch_budget()

@@ -10,6 +10,7 @@ import numpy as np
 from nnunet_fm.atomic_io import atomic_write_json
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.file_names import FEWSHOT_RECORD_NAME
+from nnunet_fm.hooks.extension_points import contributions
 from nnunet_fm.options import Option
 
 
@@ -49,7 +50,7 @@ class FewShotMixin:
         if getattr(self, "_fm_split", None) is not None:
             return self._fm_split  # nnU-Net asks several times per run; read the split and record once
         tr_keys, val_keys = super().do_split()
-        unlabelled = self.fm_unlabelled_cases(list(tr_keys))  # kept aside: never dropped, never counted in k
+        unlabelled = self.fm_unlabelled_training_cases(list(tr_keys))  # kept aside: never dropped or counted in k
         candidates = [k for k in tr_keys if k not in unlabelled]
         if self.fm_option("drop_empty"):
             candidates = self._fm_drop_empty(candidates)
@@ -62,9 +63,10 @@ class FewShotMixin:
         self._fm_split = (chosen + unlabelled, list(val_keys))
         return self._fm_split
 
-    def fm_unlabelled_cases(self, keys: list[str]) -> list[str]:
-        """Cases without labels that a semi-supervised hook trains on; none unless such a hook says so."""
-        return []
+    def fm_unlabelled_training_cases(self, keys: list[str]) -> list[str]:
+        """The ``keys`` that an ``unlabelled_cases`` contribution (a semi-supervised hook) names, in key order."""
+        named = {k for c in contributions(type(self), "unlabelled_cases") for k in getattr(self, c.method)(keys)}
+        return [k for k in keys if k in named]
 
     def _fm_drop_empty(self, keys: list[str]) -> list[str]:
         dataset = self.dataset_class(self.preprocessed_dataset_folder, list(keys))

@@ -18,10 +18,10 @@ patches (``labeled_bs`` 2 of a batch of 4, l. 51, where the fully supervised scr
 ``batch / (1 - unlabelled_fraction)``, so a step sees as many labelled patches as without Mean Teacher), the
 student on the clean patch and the teacher on the patch plus Gaussian noise of std 0.1 clipped to +-0.2
 (l. 140-144), and ``nnUNetv2_predict`` uses the student, which SSL4MIS validates and saves (l. 214): with the EMA's
-true average over the first 1/(1-decay) steps, a run of a few hundred steps ends with a teacher that is close to
-the mean of the whole trajectory (demo data, 100 steps: teacher 0.63-0.83 mean Dice against student 0.82-0.93,
-BENCHMARKS.md). ``predict_with: teacher`` (or ``nnunet-fm predict-with teacher``) for long runs, where the
-original Mean Teacher reports the EMA model as the better one. Deviation, an option: the consistency term covers
+true average over the first 1/(1-decay) steps, a short run ends with a teacher close to the mean of the whole
+trajectory (measured on the demo data: documentation/semi_supervised.md, ``predict_with``). ``predict_with:
+teacher`` (or ``nnunet-fm predict-with teacher``) for long runs, where the original Mean Teacher reports the EMA
+model as the better one. Deviation, an option: the consistency term covers
 labelled patches too (SSL4MIS: the unlabelled half only, l. 157), as the original Mean Teacher does.
 
 The teacher is a dict of EMA tensors of the *trainable* parameters, swapped into the network for a no-grad
@@ -30,23 +30,23 @@ uses in ``network_weights`` (what stock ``nnUNetv2_predict`` loads) and the othe
 ``fm_mean_teacher``; ``--c`` restores student, teacher and ramp. Under DDP every rank applies the same EMA to
 identical (all-reduced) parameters, so the teachers stay identical.
 
-The batch split lives in :mod:`nnunet_fm.hooks.mean_teacher_loader`, the teacher/student switch of saved
-checkpoints in :mod:`nnunet_fm.hooks.mean_teacher_weights`.
+The hook meets the trainer at its extension points (:mod:`nnunet_fm.hooks.extension_points`): the grown batch,
+the teacher at the start of training, its own training step and the EMA update after each optimiser step. The
+batch split lives in :mod:`nnunet_fm.hooks.mean_teacher_loader`, the teacher/student switch of saved checkpoints in
+:mod:`nnunet_fm.hooks.mean_teacher_weights`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnunet_fm.atomic_io import atomic_torch_save
-from nnunet_fm.errors import UserInputError
+from nnunet_fm.hooks.extension_points import Contribution
 from nnunet_fm.hooks.mean_teacher_loader import (
     MeanTeacherDataLoader,
     labelled_batch_size,
@@ -92,7 +92,16 @@ def _rows(x, keep: torch.Tensor):
 
 
 class MeanTeacherMixin:
-    """Switched on by ``ssl: mean_teacher``; a no-op otherwise."""
+    """Switched on by ``ssl: mean_teacher``; a no-op otherwise. Meets the trainer at its extension points."""
+
+    fm_contributions = (
+        Contribution("batch_size", "fm_mean_teacher_batch_size"),
+        Contribution("start", "fm_init_teacher", order=30),
+        Contribution("train_step", "fm_mean_teacher_step", switch="ssl=mean_teacher"),
+        Contribution("after_step", "fm_mean_teacher_after_step"),
+        Contribution("unlabelled_cases", "fm_unlabelled_cases"),
+        Contribution("checkpoint", "fm_mean_teacher_checkpoint"),
+    )
 
     fm_options = (
         Option("ssl", None, "Semi-supervised method: null or 'mean_teacher'.", choices=(None, "mean_teacher")),
@@ -162,17 +171,15 @@ class MeanTeacherMixin:
                 cache[k] = bool((np.asarray(dataset.load_case(k)[1][:]) == ignore).all())
         return [k for k in keys if cache[k]]
 
-    def _set_batch_size_and_oversample(self):
-        super()._set_batch_size_and_oversample()
+    def fm_mean_teacher_batch_size(self, batch_size: int) -> int:
+        """The batch grown by the unlabelled patches put on top of the plans' batch (``unlabelled_on_top``)."""
         if not self.fm_ssl:
-            return
+            return batch_size
         fraction = float(self.fm_option("unlabelled_fraction"))
-        self.fm_plans_batch_size = self.batch_size
-        self.fm_labelled_batch_size = labelled_batch_size(
-            self.batch_size, fraction, self.fm_option("unlabelled_on_top")
-        )
+        self.fm_labelled_batch_size = labelled_batch_size(batch_size, fraction, self.fm_option("unlabelled_on_top"))
         if self.fm_option("unlabelled_on_top") and fraction < 1:
-            self.batch_size = max(self.batch_size, round(self.batch_size / (1.0 - fraction)))
+            return max(batch_size, round(batch_size / (1.0 - fraction)))
+        return batch_size
 
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
@@ -219,13 +226,8 @@ class MeanTeacherMixin:
             )
         return loaders
 
-    def on_train_start(self):
-        if self.fm_ssl and self._fm_options.get("two_pass") is not None and self.fm_option("two_pass"):
-            raise UserInputError(
-                f"{self.configuration_name}: ssl=mean_teacher needs a student and a teacher pass per step, which "
-                "the two-pass sub-cube step does not do; add --set two_pass=false."
-            )
-        super().on_train_start()
+    def fm_init_teacher(self) -> None:
+        """The teacher starts as a copy of the student (unless a resumed checkpoint restored it)."""
         if self.fm_ssl and getattr(self, "_fm_teacher", None) is None:
             self._fm_teacher = {n: p.detach().clone() for n, p in self._fm_trainable().items()}
             self._fm_ema_step = 0
@@ -268,9 +270,11 @@ class MeanTeacherMixin:
         rampup = self.num_epochs if rampup is None else int(rampup)
         return rampup_weight(self.current_epoch, float(self.fm_option("consistency_weight")), rampup)
 
-    def forward_backward(self, data: torch.Tensor, target) -> torch.Tensor:
-        if not self.fm_ssl:
-            return super().forward_backward(data, target)
+    def fm_mean_teacher_step_active(self) -> bool:
+        return self.fm_ssl
+
+    def fm_mean_teacher_step(self, data: torch.Tensor, target) -> torch.Tensor:
+        """Supervised plus ramped consistency loss, back-propagated (scaled); returns the unscaled loss."""
         supervised, consistency = self.fm_step_losses(data, target)
         # SSL4MIS code/train_mean_teacher_3D.py l. 154-158: 0.5 * (dice + ce) + consistency_weight * consistency
         loss = float(self.fm_option("supervised_weight")) * supervised + self.fm_consistency_weight() * consistency
@@ -310,40 +314,33 @@ class MeanTeacherMixin:
 
     @torch.no_grad()
     def fm_ema_update(self) -> None:
+        """Move the teacher towards the student by the step's EMA weight."""
         alpha = ema_alpha(self._fm_ema_step, float(self.fm_option("ema_decay")))
         for n, p in self._fm_trainable().items():
             self._fm_teacher[n].mul_(alpha).add_(p.detach(), alpha=1.0 - alpha)
         self._fm_ema_step += 1
 
-    def train_step(self, batch: dict) -> dict:
-        self._fm_batch_keys = batch.get("keys")  # which cases the patches come from (nnU-Net's loader sets it)
-        try:
-            result = super().train_step(batch)
-        finally:
-            self._fm_batch_keys = None
+    def fm_mean_teacher_after_step(self) -> None:
         if self.fm_ssl:
             self.fm_ema_update()
-        return result
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
-    def save_checkpoint(self, filename: str) -> None:
+    def fm_mean_teacher_checkpoint(self, checkpoint: dict) -> None:
+        """``network_weights`` = the weights prediction uses (``predict_with``); the other set and the EMA step
+        under ``fm_mean_teacher``, every key of a trainable parameter in both."""
         if not self.fm_ssl or getattr(self, "_fm_teacher", None) is None:
-            return super().save_checkpoint(filename)
-        to_teacher = self.fm_option("predict_with") == "teacher"
-        with self.fm_teacher_weights() if to_teacher else contextlib.nullcontext():
-            super().save_checkpoint(filename)  # network_weights = the weights prediction uses
-        if not os.path.isfile(filename) or self.local_rank != 0 or self.disable_checkpointing:
             return
-        with contextlib.nullcontext() if to_teacher else self.fm_teacher_weights():
-            other = self.fm_trainable_state()  # views: written below, before the next step changes them
-        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+        student = self.fm_trainable_state()
+        with self.fm_teacher_weights():
+            teacher = self.fm_trainable_state()  # views of the teacher's tensors, written before the next step
+        to_teacher = self.fm_option("predict_with") == "teacher"
+        if to_teacher:
+            checkpoint["network_weights"].update(teacher)
         checkpoint[CHECKPOINT_KEY] = {
             "network_weights_are": "teacher" if to_teacher else "student",
-            "other_trainable": to_cpu_keeping_aliases(other),
-            "other_has_aliases": True,
+            "other_trainable": to_cpu_keeping_aliases(student if to_teacher else teacher),
             "ema_step": self._fm_ema_step,
         }
-        atomic_torch_save(checkpoint, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)

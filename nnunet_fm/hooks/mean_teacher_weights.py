@@ -38,27 +38,6 @@ def to_cpu_keeping_aliases(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return result
 
 
-def _with_aliases(weights: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``other`` of a checkpoint before 2026-11-30 (one key per parameter) extended to every key of the parameter.
-
-    A key aliases ``name`` when it shares its storage (``torch.save`` keeps sharing) or, for a parameter whose two
-    sets differ, holds exactly the value of either set (the earlier switch wrote ``name`` only). Each alias of
-    ``weights`` is set to the value under ``name`` (the set the file says it holds); parameters whose two sets are
-    equal need no alias, either value is right.
-    """
-    full = dict(other)
-    for name, tensor in other.items():
-        current = weights[name]
-        trained = not torch.equal(current, tensor)
-        for key, value in list(weights.items()):
-            if key in full or value.shape != current.shape:
-                continue
-            shared = _where(value) == _where(current)
-            if shared or (trained and (torch.equal(value, current) or torch.equal(value, tensor))):
-                full[key], weights[key] = tensor, current
-    return full
-
-
 def switch_checkpoint_weights(checkpoint_file: str | Path, use: str) -> bool:
     """Make ``network_weights`` of a Mean Teacher checkpoint hold the ``use`` ('teacher'/'student') weights.
 
@@ -77,9 +56,6 @@ def switch_checkpoint_weights(checkpoint_file: str | Path, use: str) -> bool:
     if saved["network_weights_are"] == use:
         return False
     weights, other = checkpoint["network_weights"], saved["other_trainable"]
-    if not saved.get("other_has_aliases"):
-        other = saved["other_trainable"] = _with_aliases(weights, other)
-        saved["other_has_aliases"] = True
     for key, tensor in other.items():
         other[key], weights[key] = weights[key], tensor
     saved["network_weights_are"] = use

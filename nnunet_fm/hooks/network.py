@@ -8,6 +8,7 @@ import pydoc
 
 from torch import nn
 
+from nnunet_fm import registry
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.network_contract import FrozenEncoderNetwork, count_parameters, unwrap
 from nnunet_fm.options import Option
@@ -20,12 +21,7 @@ def network_kwargs(configuration: dict, patch_size, enable_deep_supervision: boo
     ``deep_supervision`` are passed when the constructor accepts them.
     """
     architecture = configuration["architecture"]
-    network_class = pydoc.locate(architecture["network_class_name"])
-    if network_class is None:
-        raise UserInputError(
-            f"Network class '{architecture['network_class_name']}' in the plans cannot be imported; "
-            "check network_class_name (e.g. nnunet_fm.architectures.lightmedseg.LightMedSeg)."
-        )
+    network_class = registry.network_class(architecture["network_class_name"])
     kwargs = dict(architecture["arch_kwargs"])
     for key in architecture.get("_kw_requires_import", []):
         if kwargs.get(key) is not None:
@@ -38,8 +34,18 @@ def network_kwargs(configuration: dict, patch_size, enable_deep_supervision: boo
     return network_class, kwargs
 
 
+class FamilyNetwork:
+    """``fm_network`` of a trainer class: its family's network (the template's ``family.network``), or None."""
+
+    def __get__(self, instance: object, owner: type) -> str | None:
+        family = registry.family_of_class(owner)
+        return None if family is None else family.network
+
+
 class PlansNetworkMixin:
     """Builds any plans-selected network; no deep supervision; compile only on request."""
+
+    fm_network = FamilyNetwork()
 
     fm_options = (
         Option(

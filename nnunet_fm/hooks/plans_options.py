@@ -100,8 +100,7 @@ class PlansOptionsMixin:
         found = (configuration.get("architecture") or {}).get("network_class_name")
         if expected is not None and found != expected:
             dataset = self.plans_manager.dataset_name
-            # a user's subclass trains its registered base's configuration
-            family = next(filter(None, (registry.family_of_trainer(k.__name__) for k in type(self).__mro__)), None)
+            family = registry.family_of_class(type(self))
             advice = (
                 f"Add the trainer's configuration first: `nnunet-fm plans add -d {dataset} --template "
                 f"{family.template}`, then `nnUNetv2_train {dataset} {family.configuration} FOLD -tr {trainer}`."

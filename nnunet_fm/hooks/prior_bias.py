@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnunet_fm.hooks.class_balance import class_frequencies
+from nnunet_fm.hooks.class_counts import ClassCountsMixin, class_frequencies
 from nnunet_fm.network_contract import output_heads
 from nnunet_fm.options import Option
 
@@ -22,7 +22,7 @@ def set_prior_bias(heads: list[nn.Module], counts: np.ndarray) -> torch.Tensor:
     return bias
 
 
-class PriorBiasMixin:
+class PriorBiasMixin(ClassCountsMixin):
     """After the network is built, set its classifier biases to the training-label prior."""
 
     fm_options = (Option("init_prior_bias", True, "Initialise classifier biases to log class frequency.", "bool"),)

@@ -6,6 +6,7 @@ import contextlib
 
 import torch
 
+from nnunet_fm.hooks.extension_points import Contribution, ExtensionPointsMixin
 from nnunet_fm.network_contract import unwrap
 from nnunet_fm.options import Option
 from nnunet_fm.precision import bf16_supported
@@ -13,14 +14,17 @@ from nnunet_fm.precision import bf16_supported
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class AmpClipTrainStepMixin:
+class AmpClipTrainStepMixin(ExtensionPointsMixin):
     """bf16 (or fp16 + grad scaler) autocast on CUDA only; clip at ``grad_clip``.
 
     On a GPU without bf16 (V100, T4) ``amp_dtype: bfloat16`` falls back, with one printed line, to fp16 autocast
     with nnU-Net's grad scaler and the frozen encoder in fp32 (``nnunet_fm.precision``).
 
-    Subclasses change how the loss is computed and back-propagated by overriding ``forward_backward``.
+    A hook changes how the loss is computed and back-propagated with a ``train_step`` contribution
+    (:mod:`nnunet_fm.hooks.extension_points`); ``after_step`` contributions run after the optimiser step.
     """
+
+    fm_contributions = (Contribution("start", "fm_choose_precision", order=10),)
 
     fm_options = (
         Option("grad_clip", 1.0, "Gradient-norm clipping threshold (0 = no clipping).", "float", minimum=0.0),
@@ -32,8 +36,8 @@ class AmpClipTrainStepMixin:
         ),
     )
 
-    def on_train_start(self):
-        super().on_train_start()
+    def fm_choose_precision(self) -> None:
+        """Keep bf16 where the GPU has it, else fall back to fp16 with a grad scaler (start of training)."""
         if self.fm_option("amp_dtype") != "bfloat16":  # validated against the Option's choices
             return
         if bf16_supported(self.device.type):
@@ -66,6 +70,9 @@ class AmpClipTrainStepMixin:
 
     def forward_backward(self, data: torch.Tensor, target) -> torch.Tensor:
         """Compute the loss and back-propagate it (scaled); returns the unscaled loss."""
+        strategy = self.fm_train_step_strategy()
+        if strategy is not None:
+            return getattr(self, strategy)(data, target)
         with self.fm_autocast():
             loss = self.loss(self.network(data), target)
         self.scale_loss(loss).backward()
@@ -80,7 +87,11 @@ class AmpClipTrainStepMixin:
             else target.to(self.device, non_blocking=True)
         )
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.forward_backward(data, target)
+        self._fm_batch_keys = batch.get("keys")  # which cases the patches come from (nnU-Net's loader sets it)
+        try:
+            loss = self.forward_backward(data, target)
+        finally:
+            self._fm_batch_keys = None
         parameters = [p for p in self.network.parameters() if p.requires_grad]
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
@@ -92,4 +103,5 @@ class AmpClipTrainStepMixin:
             self.grad_scaler.update()
         else:
             self.optimizer.step()
+        self.fm_run("after_step")
         return {"loss": loss.detach().cpu().numpy()}

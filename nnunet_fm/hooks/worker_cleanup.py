@@ -14,6 +14,8 @@ import signal
 import threading
 from typing import Any
 
+from nnunet_fm.hooks.extension_points import Contribution
+
 
 def _augmenter(loader: Any) -> Any:
     """The batchgenerators augmenter behind ``loader`` (plugin wrappers keep it as ``inner``), or None."""
@@ -25,8 +27,10 @@ def _augmenter(loader: Any) -> Any:
 class WorkerCleanupMixin:
     """SIGTERM during training finishes the training and validation augmenters, then exits with 143."""
 
-    def on_train_start(self):
-        super().on_train_start()
+    fm_contributions = (Contribution("start", "fm_install_sigterm_handler", order=40),)
+
+    def fm_install_sigterm_handler(self) -> None:
+        """From the start of training on, SIGTERM stops the workers (restored in ``on_train_end``)."""
         self._fm_previous_sigterm = None
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
             self._fm_previous_sigterm = signal.signal(signal.SIGTERM, self._fm_on_sigterm)
