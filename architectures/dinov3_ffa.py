@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nnunet_fm.architectures.ffa_aggregator import ParallelFFAAggregator
 from nnunet_fm.architectures.ffa_blocks import (
@@ -23,6 +24,7 @@ from nnunet_fm.architectures.ffa_blocks import (
     UNETRLiteDecoder,
 )
 from nnunet_fm.encoders import ENCODER_OPTIONS, build_encoder, no_fp16_autocast, zchannel_slices
+from nnunet_fm.options import SIGNATURE, Option
 from nnunet_fm.slice_axis import SLICE_AXIS_OPTION, check_slice_axis, slices_back, slices_first
 
 __all__ = ["DINOv3FFA"]
@@ -53,7 +55,45 @@ class DINOv3FFA(nn.Module):
     The constructor never loads encoder weights; call ``network.encoder.load_weights(...)``.
     """
 
-    fm_options = (*ENCODER_OPTIONS, SLICE_AXIS_OPTION)
+    fm_options = (
+        *ENCODER_OPTIONS,
+        SLICE_AXIS_OPTION,
+        Option(
+            "hr_chunk_mib",
+            SIGNATURE,
+            "Memory budget (MiB, fp32 estimate) of one chunk of slices in the full-resolution head; a chunk holds "
+            "at least one slice. Smaller: less memory; the result is the same.",
+            "float",
+            minimum=1.0,
+        ),
+        Option(
+            "encoder_rope_rescale",
+            SIGNATURE,
+            "Train-time RoPE coordinate rescaling of the frozen DINOv3 encoder: a log-uniform factor in [1/R, R] per "
+            "encoder call while training (HF DINOv3 in train mode, R = 2: vesselbridge3d trains with it); null = "
+            "off (the encoder sees the same coordinates as at inference).",
+            "float",
+            nullable=True,
+            minimum=1.0,
+        ),
+        Option(
+            "grad_checkpointing",
+            SIGNATURE,
+            "Recompute the adapter, aggregator, decoder and heads in backward instead of keeping their activations "
+            "(as vesselbridge3d); same gradients, far less memory, about one extra forward of compute.",
+            "bool",
+        ),
+    )
+
+    #: modules recomputed in backward (nnunet_fm.memory_plan): per-sample segments grow with the crop depth, the
+    #: full-resolution head's body runs one byte-bounded chunk at a time
+    memory_segments = {
+        "adapter": "depth",
+        "aggregator": "depth",
+        "decoder": "depth",
+        "refine_head": "depth",
+        "hr_head.body": "chunk",
+    }
 
     def __init__(
         self,
@@ -64,6 +104,7 @@ class DINOv3FFA(nn.Module):
         taps: Sequence[int] = (4, 7, 10),
         vit_chunk_slices: int = 8,
         vit_amp: bool = False,
+        encoder_rope_rescale: float | None = None,
         adapter_channels: Sequence[int] = (48, 64),
         adapter_depth: int = 2,
         adapter_drop_path: float = 0.05,
@@ -82,7 +123,7 @@ class DINOv3FFA(nn.Module):
         refine_gate_channels: int | None = 1,
         hr_channels: int = 128,
         hr_skip_channels: int = 16,
-        hr_chunk_slices: int = 16,
+        hr_chunk_mib: float = 1024.0,
         slice_axis: int = 0,
     ) -> None:
         super().__init__()
@@ -96,6 +137,7 @@ class DINOv3FFA(nn.Module):
         if len(adapter_channels) != 2:
             raise ValueError(f"adapter_channels must have 2 entries (F2, F3), got {adapter_channels}")
         self.input_channels = int(input_channels)
+        self.grad_checkpointing = bool(grad_checkpointing)
         self.num_classes = int(num_classes)
         self.taps = taps
 
@@ -104,6 +146,7 @@ class DINOv3FFA(nn.Module):
             taps=taps,
             chunk_slices=vit_chunk_slices,
             amp=vit_amp,
+            **({"rope_rescale": encoder_rope_rescale} if encoder_rope_rescale is not None else {}),
             **(encoder_kwargs or {}),
         )
         dim = self.encoder.embed_dim
@@ -136,9 +179,19 @@ class DINOv3FFA(nn.Module):
             refine_skip_channels,
             hr_skip_channels,
             hr_channels,
-            hr_chunk_slices,
+            hr_chunk_mib,
             grad_checkpointing,
         )
+
+    def memory_probe_inplane(self, inplane: Sequence[int]) -> tuple[int, int]:
+        """In-plane size at which :mod:`nnunet_fm.memory_plan` measures this network (4 x 4 encoder tokens, or the
+        real size when smaller): its activation bytes scale with the in-plane area."""
+        side = 4 * self.patch_size
+        return (min(int(inplane[0]), side), min(int(inplane[1]), side))
+
+    def memory_chunk_slices(self, inplane: Sequence[int]) -> int:
+        """Slices per chunk of the full-resolution head at ``inplane``."""
+        return self.hr_head.chunk_slices(inplane)
 
     def output_heads(self) -> list[nn.Module]:
         """Final classifier convs (refine head, HR head) whose biases a prior-bias hook may set."""
@@ -167,15 +220,42 @@ class DINOv3FFA(nn.Module):
         with no_fp16_autocast(x.device.type):  # the aggregator sees the ViT's raw outliers
             return slices_back(self._forward(x), self.slice_axis)
 
+    def _per_sample(self, fn, *args):
+        """``fn(*args)`` run one batch element at a time, each recomputed in backward instead of kept when
+        checkpointing a training step (vesselbridge3d ``train.py`` l. 635-700 checkpoints its adapter, aggregator,
+        decoder and heads on the whole batch). Every segment is per-sample (GroupNorm, SE, LayerNorm, attention
+        and DropPath act within a sample), so the split changes no result and divides the recomputation's
+        transient memory by the batch size. ``args`` are tensors or lists of tensors ``[B, ...]``; the outputs
+        (a tensor or a sequence of tensors) are concatenated back along the batch."""
+        ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        batch = args[0][0].shape[0] if isinstance(args[0], (list, tuple)) else args[0].shape[0]
+        outs = []
+        for i in range(batch):
+            part = [[t[i : i + 1] for t in a] if isinstance(a, (list, tuple)) else a[i : i + 1] for a in args]
+            outs.append(checkpoint(fn, *part, use_reentrant=False) if ckpt else fn(*part))
+        if batch == 1:
+            return outs[0]
+        if isinstance(outs[0], torch.Tensor):
+            return torch.cat(outs)
+        return [torch.cat(parts) for parts in zip(*outs)]
+
+    def _refine(self, logits: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+        return self.refine_head(logits, self.f2_proj(f2))
+
+    def _hr_skip(self, f2: torch.Tensor) -> torch.Tensor:
+        """The HR head's skip: F2 projected by the refine head's ``f2_proj``, without gradient (train.py
+        ``f2_hr_reduce3d(F2p.detach())``)."""
+        return self.f2_proj(f2)
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, d, h, w = x.shape
         z = torch.arange(d, device=x.device, dtype=torch.float32) / d
         feats = [
             f.view(b, d, *f.shape[1:]).transpose(1, 2).to(x.dtype) for f in self.encoder(self.encoder_images(x, z))
         ]
-        f2, f3 = self.adapter(torch.cat([x, z.to(x.dtype).view(1, 1, d, 1, 1).expand(b, 1, d, h, w)], 1))
-        a_lo, a_mid, a_hi = self.aggregator(feats)
-        logits = self.decoder(a_lo, a_mid, a_hi, f3)
-        f2p = self.f2_proj(f2)
-        logits = self.refine_head(logits, f2p)
-        return self.hr_head(logits, f2p, (h, w)).float()
+        adapter_in = torch.cat([x, z.to(x.dtype).view(1, 1, d, 1, 1).expand(b, 1, d, h, w)], 1)
+        f2, f3 = self._per_sample(self.adapter, adapter_in)
+        a_lo, a_mid, a_hi = self._per_sample(self.aggregator, feats)
+        logits = self._per_sample(self.decoder, a_lo, a_mid, a_hi, f3)
+        logits = self._per_sample(self._refine, logits, f2)
+        return self.hr_head(logits, f2, (h, w), self._hr_skip).float()

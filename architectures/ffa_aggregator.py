@@ -205,8 +205,8 @@ class ParallelFFAAggregator(nn.Module):
     """One shared :class:`FFACore` applied to ``num_taps`` feature maps with per-tap FiLM in/out.
 
     ``forward(feats)`` takes ``num_taps`` tensors ``[B, C, D, h, w]`` and returns as many, each
-    ``film_out[i](core(film_in[i](feats[i])))``. The taps are run through the core together as
-    one batch of ``num_taps * B``.
+    ``film_out[i](core(film_in[i](feats[i])))``. The taps run through the core one after the other (the core
+    works per sample, so this equals one batch of ``num_taps * B`` and keeps a third of its activations).
     """
 
     def __init__(self, dim: int, num_taps: int, **core_kwargs) -> None:
@@ -219,6 +219,4 @@ class ParallelFFAAggregator(nn.Module):
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if len(feats) != self.num_taps:
             raise ValueError(f"ParallelFFAAggregator expects {self.num_taps} taps, got {len(feats)}")
-        x = torch.cat([film(f) for film, f in zip(self.film_in, feats)], dim=0)
-        outs = self.core(x).chunk(self.num_taps, dim=0)
-        return [film(o) for film, o in zip(self.film_out, outs)]
+        return [out(self.core(inp(f))) for inp, out, f in zip(self.film_in, self.film_out, feats)]

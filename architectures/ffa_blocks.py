@@ -7,7 +7,7 @@ UNETR-Lite decoder (``UpBlock3d``, ``GatedSkipFusion``, ``UNETRLiteDecoder``) an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -244,13 +244,25 @@ class DepthGatedRefineHead(nn.Module):
         return self.classifier(self.se(self.conv_2d(h) + g * self.conv_3d(h)))
 
 
-class ChunkedHRHead2d(nn.Module):
-    """Full-resolution 2D head run on chunks of ``chunk_slices`` slices.
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
-    Input per slice: ``[up(logits), up(1x1(f2p.detach()))]`` (the adapter gets no gradient through
-    this head). Body: 3x3 CNA -> depthwise 3x3 CNA -> pointwise CNA -> SE -> 1x1 classifier. The
-    upsampling happens per chunk, so only one chunk of full-resolution activations exists at a time
-    (with ``grad_checkpointing`` also during training).
+
+#: Full-width maps one slice of :class:`ChunkedHRHead2d`'s body keeps for backward (three conv + GroupNorm +
+#: SiLU layers and the SE output), the unit of its chunk budget.
+HR_MAPS_PER_SLICE = 10
+
+
+class ChunkedHRHead2d(nn.Module):
+    """Full-resolution 2D head run on chunks of slices whose activations fit ``chunk_mib`` MiB.
+
+    Input per slice: ``[up(logits), up(1x1(skip))]`` where ``skip`` is the projected adapter feature, given
+    by the caller without gradient (the adapter gets none through this head). Body: 3x3 CNA -> depthwise
+    3x3 CNA -> pointwise CNA -> SE -> 1x1 classifier. Every layer works per slice (2D GroupNorm and SE), so
+    chunking is exact. The upsampling happens per chunk, so only one chunk of full-resolution activations
+    exists at a time (with ``grad_checkpointing`` also during training: the chunk is recomputed in backward).
+    A chunk holds ``max(1, chunk_mib / slice bytes)`` slices, a slice costing ``HR_MAPS_PER_SLICE`` fp32
+    maps of ``width`` channels at full resolution (vesselbridge3d uses a fixed 16 slices, ``hr2d_chunk``).
     """
 
     def __init__(
@@ -259,13 +271,14 @@ class ChunkedHRHead2d(nn.Module):
         f2_channels: int,
         skip_channels: int = 16,
         width: int = 128,
-        chunk_slices: int = 16,
+        chunk_mib: float = 1024.0,
         grad_checkpointing: bool = True,
     ) -> None:
         super().__init__()
-        if chunk_slices < 1:
-            raise ValueError(f"hr_chunk_slices must be >= 1, got {chunk_slices}")
-        self.chunk_slices = int(chunk_slices)
+        if not chunk_mib > 0:
+            raise ValueError(f"hr_chunk_mib must be > 0, got {chunk_mib}")
+        self.chunk_mib = float(chunk_mib)
+        self.width = int(width)
         self.grad_checkpointing = bool(grad_checkpointing)
         self.proj_f2 = nn.Conv3d(f2_channels, skip_channels, 1, bias=False)
         self.body = nn.Sequential(
@@ -276,22 +289,42 @@ class ChunkedHRHead2d(nn.Module):
         )
         self.classifier = nn.Conv2d(width, num_classes, 1)
 
-    def _chunk(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        x = F.interpolate(x, size=size, mode="bilinear")
-        return self.classifier(self.body(x))
+    def chunk_slices(self, size: Sequence[int]) -> int:
+        """Slices per chunk at full-resolution ``size`` (H, W)."""
+        slice_bytes = HR_MAPS_PER_SLICE * self.width * int(size[0]) * int(size[1]) * 4
+        return max(1, int(self.chunk_mib * 2**20 // slice_bytes))
 
-    def forward(self, logits: torch.Tensor, f2: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    def _chunk(
+        self, logits: torch.Tensor, skip: torch.Tensor, skip_fn: Callable[[torch.Tensor], torch.Tensor], size
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            skip = skip_fn(skip)
+        x = torch.cat([logits, self.proj_f2(skip)], dim=1)  # [1, C, n, h, w]
+        x = x[0].transpose(0, 1)  # the chunk's slices as a batch of 2D images
+        x = F.interpolate(x, size=size, mode="bilinear")
+        return self.classifier(self.body(x)).transpose(0, 1)[None]
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        skip: torch.Tensor,
+        size: Sequence[int],
+        skip_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``logits [B, K, D, h, w]`` and ``skip [B, C, D, h, w]`` -> ``[B, K, D, *size]``; ``skip_fn`` (run
+        without gradient, per chunk) maps ``skip`` to this head's ``f2_channels``."""
         b, _, d = logits.shape[:3]
         size = (int(size[0]), int(size[1]))
-        x = torch.cat([logits, self.proj_f2(f2.detach())], dim=1)
-        x = x.transpose(1, 2).reshape(b * d, x.shape[1], *x.shape[-2:])
+        skip_fn = skip_fn or _identity
+        n = self.chunk_slices(size)
         ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        outs = []
-        for start in range(0, b * d, self.chunk_slices):
-            chunk = x[start : start + self.chunk_slices]
-            if ckpt:
-                outs.append(checkpoint(self._chunk, chunk, size, use_reentrant=False))
-            else:
-                outs.append(self._chunk(chunk, size))
-        out = torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
-        return out.reshape(b, d, -1, *size).transpose(1, 2)
+        out = None
+        for i in range(b):
+            for start in range(0, d, n):
+                part = (slice(i, i + 1), slice(None), slice(start, start + n))
+                args = (logits[part], skip[part], skip_fn, size)
+                y = checkpoint(self._chunk, *args, use_reentrant=False) if ckpt else self._chunk(*args)
+                if out is None:
+                    out = y.new_empty((b, y.shape[1], d, *size))
+                out[part] = y
+        return out

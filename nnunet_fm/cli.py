@@ -39,10 +39,18 @@ def _cmd_plans_add(args: argparse.Namespace) -> int:
     from nnunet_fm.plans import add_configuration, parse_assignments
 
     result = add_configuration(
-        args.dataset, args.template, args.name, args.plans, parse_assignments(args.set or []), force=args.force
+        args.dataset,
+        args.template,
+        args.name,
+        args.plans,
+        parse_assignments(args.set or []),
+        force=args.force,
+        gpu_memory=args.gpu_memory,
     )
     print(f"Added configuration '{result.configuration}' to {result.plans_file} (backup: {result.backup.name})")
     print(f"  patch_size {result.patch_size}, batch_size {result.batch_size}")
+    for line in result.memory:
+        print(f"  {line}")
     if result.preprocess_command:
         print(f"  this configuration has its own preprocessed data; run first: {result.preprocess_command}")
     for warning in result.warnings:
@@ -268,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="set options the template's trainer or network reads (JSON values); repeatable",
     )
     add.add_argument("--force", action="store_true", help="replace a configuration nnunet-fm did not write")
+    add.add_argument(
+        "--gpu-memory",
+        type=float,
+        metavar="GB",
+        help="fit the training memory estimate to this GPU: whole slices kept, the largest crop depth (then batch) "
+        "that fits; without it the recipe is kept and an estimate above 24 GB is warned about",
+    )
     add.set_defaults(func=_cmd_plans_add)
     plans.add_parser("list", help="list templates, their keys and defaults").set_defaults(func=_cmd_plans_list)
     show = plans.add_parser("show", help="effective value and source of every option of a configuration")

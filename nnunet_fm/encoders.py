@@ -208,6 +208,28 @@ def build_encoder(
     return encoder_class(model_name, taps=tuple(taps), chunk_slices=chunk_slices, amp=amp, **kwargs)
 
 
+def _enable_rope_rescale(vit: nn.Module, model_name: str, factor: float | None) -> float | None:
+    """Turn on DINOv3's train-time RoPE coordinate rescaling (log-uniform factor in [1/factor, factor], drawn per
+    encoder call) on ``vit``; None leaves it off. HF ``DINOv3ViTModel`` applies it whenever the model is in
+    train mode (``pos_embed_rescale`` 2.0), so vesselbridge3d, whose ``model.train()`` reaches its frozen ViT,
+    trains with it; timm's DINOv3 has the same mechanism (``rescale_coords``) but builds it switched off."""
+    if factor is None:
+        return None
+    rope = getattr(vit, "rope", None)
+    if rope is None or not hasattr(rope, "rescale_coords"):
+        raise ValueError(
+            f"encoder_rope_rescale={factor}: '{model_name}' has no DINOv3 RoPE to rescale; set "
+            "encoder_rope_rescale=null for this encoder."
+        )
+    if not float(factor) >= 1.0:
+        raise ValueError(
+            f"encoder_rope_rescale must be >= 1 (a factor R: coordinates scaled in [1/R, R]), got {factor}"
+        )
+    rope.rescale_coords = float(factor)
+    rope.aug_active = True
+    return float(factor)
+
+
 @dataclass
 class LoadReport:
     """Outcome of :meth:`FrozenViTEncoder.load_weights`."""
@@ -235,6 +257,7 @@ class FrozenViTEncoder(nn.Module):
         weights: str | os.PathLike | None = None,
         chunk_slices: int = 8,
         amp: bool = False,
+        rope_rescale: float | None = None,
         **timm_kwargs,
     ) -> None:
         super().__init__()
@@ -263,14 +286,21 @@ class FrozenViTEncoder(nn.Module):
         self.weights_report: LoadReport | None = None
         for p in self.vit.parameters():
             p.requires_grad_(False)
-        self.vit.eval()
+        self.rope_rescale = _enable_rope_rescale(self.vit, model_name, rope_rescale)
+        self._eval_vit()
         if weights is not None:
             self.load_weights(weights)
 
-    def train(self, mode: bool = True) -> FrozenViTEncoder:
-        """Set the wrapper's mode but keep the ViT in eval mode."""
-        super().train(mode)
+    def _eval_vit(self) -> None:
+        """ViT in eval mode; its RoPE follows the wrapper's mode when ``rope_rescale`` is on."""
         self.vit.eval()
+        if self.rope_rescale is not None:
+            self.vit.rope.train(self.training)
+
+    def train(self, mode: bool = True) -> FrozenViTEncoder:
+        """Set the wrapper's mode but keep the ViT in eval mode (but for its RoPE, see ``rope_rescale``)."""
+        super().train(mode)
+        self._eval_vit()
         return self
 
     @property
@@ -294,7 +324,7 @@ class FrozenViTEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Map ``[N, 3, H, W]`` to ``len(taps)`` float32 tensors of shape ``[N, C, H/p, W/p]`` (p: patch size)."""
         self._check_input(images)
-        self.vit.eval()
+        self._eval_vit()
         p = self.patch_size
         n, _, h, w = images.shape
         if n == 0:

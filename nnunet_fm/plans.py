@@ -11,7 +11,6 @@ import copy
 import json
 import math
 import os
-import pydoc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from nnunet_fm.file_names import MANIFEST_NAME
 from nnunet_fm.hooks.splits import NNUNET_FOLDS, few_case_note
 from nnunet_fm.options import declared_options, fixed_options, network_options, resolve_options
 from nnunet_fm.preprocessing_plan import check_inplane_multiple, check_preprocessing_keys, preprocessing_entries
+from nnunet_fm.registry import network_class as network_class_of
 from nnunet_fm.slice_axis import from_canonical, slice_axis_from_transpose, to_canonical
 from nnunet_fm.templates import (
     STRUCTURAL_KEYS,
@@ -149,6 +149,7 @@ class AddResult:
     batch_size: int
     warnings: list[str] = field(default_factory=list)
     preprocess_command: str | None = None  # set when the configuration has its own preprocessed data
+    memory: list[str] = field(default_factory=list)  # the memory estimate and what --gpu-memory chose
 
 
 def build_configuration(plans: dict, template: Template, overrides: dict[str, Any]) -> dict:
@@ -262,7 +263,7 @@ def build_configuration(plans: dict, template: Template, overrides: dict[str, An
 
 def check_network_options(architecture: dict | None, values: dict) -> None:
     """A network's own plans-time check (its ``fm_check_options(values)``, if it has one) as a user error."""
-    network_class = None if architecture is None else pydoc.locate(architecture["network_class_name"])
+    network_class = None if architecture is None else network_class_of(architecture["network_class_name"])
     check = getattr(network_class, "fm_check_options", None)
     if check is None:
         return
@@ -296,10 +297,13 @@ def add_configuration(
     plans_id: str = "nnUNetPlans",
     overrides: dict[str, Any] | None = None,
     force: bool = False,
+    gpu_memory: float | None = None,
 ) -> AddResult:
     """Add (or replace) a template configuration in a plans file; locked, atomic, with a backup.
 
-    Replacing a configuration the plugin did not write (e.g. nnU-Net's ``2d``) needs ``force``.
+    Replacing a configuration the plugin did not write (e.g. nnU-Net's ``2d``) needs ``force``. The
+    configuration's training memory is estimated (:mod:`nnunet_fm.memory_plan`); with ``gpu_memory`` (GB) the
+    crop depth, then the batch, are reduced until the estimate fits.
     """
     template = load_template(template_name)
     path = plans_path(dataset, plans_id)
@@ -316,16 +320,43 @@ def add_configuration(
             )
         config = build_configuration(plans, template, overrides or {})
         check_buildable(plans, config_name, config, path.parent / "dataset.json")
+        memory = fit_memory(plans, config_name, config, path.parent, gpu_memory)
         plans["configurations"][config_name] = config
         backup = backup_file(path)
         atomic_write_json(path, plans)
     warnings = configuration_warnings(dataset_name(dataset), template, config)
+    memory_lines = []
+    if memory is not None:
+        warnings += memory.warnings
+        memory_lines = [*memory.notes, memory.estimate.summary()]
     preprocess = None
     if "data_identifier" in config and not (path.parent / config["data_identifier"]).is_dir():
         preprocess = f"nnUNetv2_preprocess -d {dataset_name(dataset)} -plans_name {plans_id} -c {config_name}"
     return AddResult(
-        path, backup, config_name, template.trainer, config["patch_size"], config["batch_size"], warnings, preprocess
+        path,
+        backup,
+        config_name,
+        template.trainer,
+        config["patch_size"],
+        config["batch_size"],
+        warnings,
+        preprocess,
+        memory_lines,
     )
+
+
+def fit_memory(plans: dict, name: str, config: dict, dataset_folder: Path, gpu_memory: float | None):
+    """Estimate ``config``'s memory and, with ``gpu_memory``, shrink its crop depth then batch to fit (in place)."""
+    from nnunet_fm.memory_plan import plan_memory
+
+    if gpu_memory is not None and not gpu_memory > 0:
+        raise UserInputError(f"--gpu-memory {gpu_memory:g} is not valid: give the GPU's memory in GB, e.g. 16.")
+    dataset_json = dataset_folder / "dataset.json"
+    meta = json.loads(dataset_json.read_text()) if dataset_json.is_file() else None
+    memory = plan_memory(plans, name, config, meta, dataset_folder, gpu_memory)
+    if memory is not None:
+        config["patch_size"], config["batch_size"] = memory.patch, memory.batch_size
+    return memory
 
 
 def configuration_warnings(dataset: str, template: Template, config: dict) -> list[str]:
@@ -385,7 +416,7 @@ def show_configuration(
     network_name = architecture.get("network_class_name", "")
     slicing_network = False
     if network_name.startswith("nnunet_fm."):
-        network = pydoc.locate(network_name)
+        network = network_class_of(network_name)
         effective = resolve_options(network_options(network), architecture.get("arch_kwargs", {}), network.__name__)
         slicing_network = "slice_axis" in effective
         lines.append(f"  network {network_name} (architecture.arch_kwargs):")
@@ -409,6 +440,9 @@ def show_configuration(
     oversample = trainer_effective.get("oversample_foreground_percent")
     if oversample is not None:
         lines.append(f"  foreground oversampling {oversample.value} of each batch ({oversample.source})")
+    memory = fit_memory(plans, configuration, plans["configurations"][configuration], path.parent, None)
+    if memory is not None:
+        lines.append("  " + memory.estimate.summary())
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ WEIGHTS_KEYWORDS = ("hub", "none")
 _FIX = "Change the value with --set (accepted values: `nnunet-fm plans list`); plans add: nothing was written."
 
 
-def _counts(dataset_json: dict | None) -> tuple[int, int]:
+def dataset_counts(dataset_json: dict | None) -> tuple[int, int]:
     """(input channels, output classes) of a dataset.json; (1, 2) when there is none."""
     if not dataset_json:
         return 1, 2
@@ -30,13 +30,9 @@ def _counts(dataset_json: dict | None) -> tuple[int, int]:
     return len(channels), max(2, len(labels))
 
 
-def build_on_meta(plans: dict, name: str, config: dict, dataset_json: dict | None = None) -> nn.Module | None:
-    """The plugin network ``config`` describes, built on the meta device; a user error when it cannot be built.
-
-    ``None`` for nnU-Net's own networks (nnU-Net checks those) and for a network that cannot be built on the
-    meta device for a reason unrelated to its options (the trainer then builds it for real).
-    """
-    import torch
+def plugin_network(plans: dict, name: str, config: dict) -> tuple[dict, type, dict] | None:
+    """``(resolved configuration, network class, constructor kwargs)`` of ``config`` placed in ``plans`` as
+    ``name``; None when the configuration trains one of nnU-Net's own networks."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_fm.hooks.network import network_kwargs
@@ -48,7 +44,22 @@ def build_on_meta(plans: dict, name: str, config: dict, dataset_json: dict | Non
     candidate["configurations"][name] = copy.deepcopy(config)
     resolved = PlansManager(candidate).get_configuration(name).configuration
     network_class, kwargs = network_kwargs(resolved, resolved["patch_size"], False)
-    channels, classes = _counts(dataset_json)
+    return resolved, network_class, kwargs
+
+
+def build_on_meta(plans: dict, name: str, config: dict, dataset_json: dict | None = None) -> nn.Module | None:
+    """The plugin network ``config`` describes, built on the meta device; a user error when it cannot be built.
+
+    ``None`` for nnU-Net's own networks (nnU-Net checks those) and for a network that cannot be built on the
+    meta device for a reason unrelated to its options (the trainer then builds it for real).
+    """
+    import torch
+
+    found = plugin_network(plans, name, config)
+    if found is None:
+        return None
+    _, network_class, kwargs = found
+    channels, classes = dataset_counts(dataset_json)
     try:
         with torch.device("meta"):
             return network_class(input_channels=channels, num_classes=classes, **kwargs)

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny nnU-Net workspace with a synthetic dataset, planned and preprocessed once."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,11 @@ from nnunet_fm.pipeline import Workspace
 TEST_TRAINERS = str(Path(__file__).parent / "ext_trainers")
 TINY_SPEC = DemoSpec(shape=(16, 48, 48), spacing=(1.5, 0.7, 0.7))
 DATASET_ID = 951
+
+# plans add / plans show estimate GPU memory by probing the network on the CPU (seconds to a minute per new
+# configuration); tests that are not about it skip it, here and in the nnU-Net / nnunet-fm subprocesses they start.
+# tests/test_memory_plan.py switches it back on.
+os.environ.setdefault("NNUNET_FM_MEMORY_ESTIMATE", "off")
 
 
 @pytest.fixture(scope="session")

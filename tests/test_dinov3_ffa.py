@@ -12,6 +12,7 @@ from nnunet_fm.architectures.dinov3_ffa import DINOv3FFA
 from nnunet_fm.architectures.ffa_aggregator import PooledSpatialAttention, SliceAttention, rope_1d
 from nnunet_fm.architectures.ffa_blocks import ConvNeXtBlock3d, ConvNeXtPyramid3d, FiLM
 from nnunet_fm.blocks import SqueezeExcite
+from nnunet_fm.two_pass import saved_tensor_peak
 
 torch.set_num_threads(1)
 
@@ -177,28 +178,64 @@ def test_pooled_keys_floor_like_the_reference() -> None:
     assert torch.equal(changed, expected)
 
 
+def _set_checkpointing(net: DINOv3FFA, on: bool) -> None:
+    net.grad_checkpointing = on
+    net.aggregator.core.grad_checkpointing = on
+    net.hr_head.grad_checkpointing = on
+
+
 def test_gradient_checkpointing_matches() -> None:
-    net = tiny_net(adapter_drop_path=0.0, agg_drop_path=0.0, hr_chunk_slices=4).train()
+    """Checkpointing (adapter, aggregator, decoder, refine head, HR chunks) and byte-bounded HR chunks change
+    neither outputs nor any trainable gradient (fp32, fixed seed, no DropPath), and save far fewer bytes."""
+    net = tiny_net(adapter_drop_path=0.0, agg_drop_path=0.0).train()
     x = torch.randn(2, 1, 5, 32, 32)
-    stem_calls = []
-    net.aggregator.core.stem[0].register_forward_pre_hook(lambda *a: stem_calls.append(1))
+    calls = {"stem": 0, "refine": 0, "adapter": 0}
+    net.aggregator.core.stem[0].register_forward_pre_hook(lambda *a: calls.__setitem__("stem", calls["stem"] + 1))
+    net.refine_head.register_forward_pre_hook(lambda *a: calls.__setitem__("refine", calls["refine"] + 1))
+    net.adapter.register_forward_pre_hook(lambda *a: calls.__setitem__("adapter", calls["adapter"] + 1))
 
-    def run(ckpt: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-        net.aggregator.core.grad_checkpointing = ckpt
-        net.hr_head.grad_checkpointing = ckpt
+    def run(ckpt: bool, chunk_mib: float) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int], int]:
+        _set_checkpointing(net, ckpt)
+        net.hr_head.chunk_mib = chunk_mib
         net.zero_grad(set_to_none=True)
-        stem_calls.clear()
-        y = net(x)
-        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
-        grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
-        return y.detach(), grads, len(stem_calls)
+        for k in calls:
+            calls[k] = 0
+        out = {}
 
-    y0, g0, calls0 = run(False)
-    y1, g1, calls1 = run(True)
-    assert (calls0, calls1) == (1, 2)  # checkpointed stem is recomputed during backward
+        def step() -> None:
+            y = net(x)
+            (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+            out["y"] = y.detach()
+
+        saved = saved_tensor_peak(step)
+        grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
+        return out["y"], grads, dict(calls), saved
+
+    y0, g0, calls0, saved0 = run(False, 1e6)  # one HR chunk, nothing recomputed
+    y1, g1, calls1, saved1 = run(True, 1e-3)  # one slice per HR chunk, everything checkpointed
+    assert net.hr_head.chunk_slices((32, 32)) == 1
+    assert calls0 == {"stem": 6, "refine": 2, "adapter": 2}  # one sample at a time; the core once per tap
+    assert calls1["refine"] == 4 and calls1["adapter"] == 4 and calls1["stem"] >= 12  # recomputed in backward
+    assert saved1 < saved0 / 3
     torch.testing.assert_close(y1, y0, atol=1e-6, rtol=1e-5)
+    assert set(g0) == set(g1) and len(g0) > 100
     for n in g0:
-        torch.testing.assert_close(g1[n], g0[n], atol=1e-6, rtol=1e-5, msg=n)
+        scale = g0[n].abs().max().item()
+        torch.testing.assert_close(g1[n], g0[n], atol=1e-5 * max(scale, 1.0), rtol=1e-5, msg=n)
+
+
+def test_hr_chunk_is_bounded_by_bytes() -> None:
+    """The HR head's chunk holds as many slices as its byte budget allows (at least one)."""
+    net = tiny_net()
+    head = net.hr_head
+    per_slice = 10 * head.width * 336 * 336 * 4
+    head.chunk_mib = 3.5 * per_slice / 2**20
+    assert head.chunk_slices((336, 336)) == 3
+    assert head.chunk_slices((112, 112)) == 31  # 9x smaller slices: 9x more of them (31.5 floored)
+    head.chunk_mib = 1.0
+    assert head.chunk_slices((336, 336)) == 1
+    with pytest.raises(ValueError, match="hr_chunk_mib"):
+        tiny_net(hr_chunk_mib=0)
 
 
 def test_generic_blocks() -> None:
@@ -218,3 +255,36 @@ def test_generic_blocks() -> None:
     torch.testing.assert_close(blk_same(x), x, atol=1e-4, rtol=0)  # layer scale 1e-6 ~ identity
     feats = ConvNeXtPyramid3d(2, (48, 64), depth=2)(torch.randn(1, 2, 3, 32, 32))
     assert [tuple(f.shape) for f in feats] == [(1, 48, 3, 16, 16), (1, 64, 3, 8, 8)]
+
+
+def test_encoder_rope_rescale_acts_in_training_only() -> None:
+    """encoder_rope_rescale (vesselbridge3d trains its HF DINOv3 in train mode: RoPE coordinates rescaled by a
+    log-uniform factor in [1/2, 2]) changes the encoder's features from call to call while training, never in
+    eval mode, and leaves the ViT itself in eval mode."""
+    net = tiny_net(encoder_rope_rescale=2.0)
+    enc = net.encoder
+    images = torch.randn(2, 3, 32, 32)
+    net.eval()
+    torch.testing.assert_close(enc(images)[0], enc(images)[0], rtol=0, atol=0)
+    plain = tiny_net().encoder.eval()(images)[0]  # same seed, no rescaling
+    torch.testing.assert_close(enc(images)[0], plain, rtol=0, atol=0)
+    net.train()
+    assert not enc.vit.training and enc.vit.rope.training
+    draws = [enc(images)[0] for _ in range(3)]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    assert not tiny_net().train().encoder.vit.rope.training  # off by default: RoPE stays in eval mode
+
+
+def test_encoder_rope_rescale_refused_without_rope() -> None:
+    with pytest.raises(ValueError, match="no DINOv3 RoPE"):
+        DINOv3FFA(
+            1,
+            2,
+            encoder="vit_small_patch14_dinov2",
+            encoder_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2},
+            taps=(0, 1, 1),
+            agg_heads=2,
+            encoder_rope_rescale=2.0,
+        )
+    with pytest.raises(ValueError, match=">= 1"):
+        tiny_net(encoder_rope_rescale=0.5)
