@@ -394,7 +394,7 @@ class MemoryPlan:
 def probe_dtype() -> torch.dtype | None:
     """bf16 (CPU autocast, the stand-in for CUDA bf16 autocast) where this CPU runs bf16 natively (AVX512-BF16,
     AMX); else None: fp32, since PyTorch's reference bf16 convolutions take minutes on AVX2. fp32 bounds bf16 from
-    above for the plugin's networks (DINOv3-FFA ViT-S, 64 x 336^2, batch 2: 11.8 GB fp32 vs 6.8 GB bf16)."""
+    above for the plugin's networks (DINOv3-FFA ViT-S, 64 x 336^2, batch 2: 14.7 GB fp32 vs 8.5 GB bf16)."""
     try:
         native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

@@ -144,7 +144,7 @@ def _mean_teacher_rank(rank: int, port: int, queue) -> None:
         half = slice(2 * rank, 2 * rank + 2)
         for _ in range(3):
             optimizer.zero_grad()
-            trainer.forward_backward(x[half], y[half])
+            trainer.fm_mean_teacher_step(x[half], y[half])  # the train-step strategy Mean Teacher contributes
             optimizer.step()
             trainer.fm_ema_update()
         teacher = {n: t.numpy() for n, t in trainer._fm_teacher.items()}
