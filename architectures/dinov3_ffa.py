@@ -71,7 +71,8 @@ class DINOv3FFA(nn.Module):
             SIGNATURE,
             "Train-time RoPE coordinate rescaling of the frozen DINOv3 encoder: a log-uniform factor in [1/R, R] per "
             "encoder call while training (HF DINOv3 in train mode, R = 2: vesselbridge3d trains with it); null = "
-            "off (the encoder sees the same coordinates as at inference).",
+            "off (the encoder sees the same coordinates as at inference). Encoders without DINOv3's RoPE (DINOv2) "
+            "have nothing to rescale and ignore it.",
             "float",
             nullable=True,
             minimum=1.0,

@@ -208,23 +208,17 @@ def build_encoder(
     return encoder_class(model_name, taps=tuple(taps), chunk_slices=chunk_slices, amp=amp, **kwargs)
 
 
-def _enable_rope_rescale(vit: nn.Module, model_name: str, factor: float | None) -> float | None:
+def _enable_rope_rescale(vit: nn.Module, factor: float | None) -> float | None:
     """Turn on DINOv3's train-time RoPE coordinate rescaling (log-uniform factor in [1/factor, factor], drawn per
-    encoder call) on ``vit``; None leaves it off. HF ``DINOv3ViTModel`` applies it whenever the model is in
+    encoder call) on ``vit``; returns the factor in effect. HF ``DINOv3ViTModel`` applies it whenever the model is in
     train mode (``pos_embed_rescale`` 2.0), so vesselbridge3d, whose ``model.train()`` reaches its frozen ViT,
-    trains with it; timm's DINOv3 has the same mechanism (``rescale_coords``) but builds it switched off."""
-    if factor is None:
-        return None
+    trains with it; timm's DINOv3 has the same mechanism (``rescale_coords``) but builds it switched off. A ViT
+    without DINOv3's RoPE (DINOv2: learned position embeddings) has nothing to rescale: None."""
     rope = getattr(vit, "rope", None)
-    if rope is None or not hasattr(rope, "rescale_coords"):
-        raise ValueError(
-            f"encoder_rope_rescale={factor}: '{model_name}' has no DINOv3 RoPE to rescale; set "
-            "encoder_rope_rescale=null for this encoder."
-        )
+    if factor is None or rope is None or not hasattr(rope, "rescale_coords"):
+        return None
     if not float(factor) >= 1.0:
-        raise ValueError(
-            f"encoder_rope_rescale must be >= 1 (a factor R: coordinates scaled in [1/R, R]), got {factor}"
-        )
+        raise ValueError(f"encoder_rope_rescale must be >= 1 (coordinates scaled by [1/R, R]), got {factor}")
     rope.rescale_coords = float(factor)
     rope.aug_active = True
     return float(factor)
@@ -286,7 +280,7 @@ class FrozenViTEncoder(nn.Module):
         self.weights_report: LoadReport | None = None
         for p in self.vit.parameters():
             p.requires_grad_(False)
-        self.rope_rescale = _enable_rope_rescale(self.vit, model_name, rope_rescale)
+        self.rope_rescale = _enable_rope_rescale(self.vit, rope_rescale)
         self._eval_vit()
         if weights is not None:
             self.load_weights(weights)

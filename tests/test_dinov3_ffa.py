@@ -275,16 +275,20 @@ def test_encoder_rope_rescale_acts_in_training_only() -> None:
     assert not tiny_net().train().encoder.vit.rope.training  # off by default: RoPE stays in eval mode
 
 
-def test_encoder_rope_rescale_refused_without_rope() -> None:
-    with pytest.raises(ValueError, match="no DINOv3 RoPE"):
-        DINOv3FFA(
-            1,
-            2,
-            encoder="vit_small_patch14_dinov2",
-            encoder_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2},
-            taps=(0, 1, 1),
-            agg_heads=2,
-            encoder_rope_rescale=2.0,
-        )
+def test_encoder_rope_rescale_needs_dinov3_rope() -> None:
+    """Encoders without DINOv3's RoPE (DINOv2) have nothing to rescale: the preset's value leaves them alone."""
+    net = DINOv3FFA(
+        1,
+        2,
+        encoder="vit_small_patch14_dinov2",
+        encoder_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2},
+        taps=(0, 1, 1),
+        agg_heads=2,
+        encoder_rope_rescale=2.0,
+    )
+    assert net.encoder.rope_rescale is None
+    net.train()
+    images = torch.randn(1, 3, 28, 28)
+    torch.testing.assert_close(net.encoder(images)[0], net.encoder(images)[0], rtol=0, atol=0)
     with pytest.raises(ValueError, match=">= 1"):
         tiny_net(encoder_rope_rescale=0.5)
