@@ -44,7 +44,7 @@ def _preprocessed_case(ws, data_identifier: str, case: str) -> tuple[np.ndarray,
 
 def test_ffa_encoder_sees_per_slice_minmax_of_the_raw_image(planned_workspace):
     ws = planned_workspace
-    tiny = ['encoder_kwargs={"embed_dim":32,"depth":2,"num_heads":2}', "taps=[0,1,1]", "inplane_size=48"]
+    tiny = ['encoder_kwargs={"embed_dim":32,"depth":2,"num_heads":2}', "taps=[0,1,1]", "agg_heads=2", "inplane_size=48"]
     configuration = add_plans(ws, DATASET_ID, "dinov3_ffa", tiny, name="3d_encoder_input")
     plans = json.loads((ws.preprocessed / ws.dataset_folder(DATASET_ID).name / "nnUNetPlans.json").read_text())
     config = plans["configurations"][configuration]
