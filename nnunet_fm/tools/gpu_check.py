@@ -17,11 +17,13 @@ or (CUDA) when a measured peak exceeds its estimate by more than :data:`MEMORY_T
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,6 +313,21 @@ def _prediction_ok(images: Path, predictions: Path) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _estimate_on() -> Iterator[None]:
+    from nnunet_fm.memory_plan import ESTIMATE_SWITCH
+
+    previous = os.environ.get(ESTIMATE_SWITCH)
+    os.environ[ESTIMATE_SWITCH] = "on"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ESTIMATE_SWITCH, None)
+        else:
+            os.environ[ESTIMATE_SWITCH] = previous
+
+
 def check_family(ws: Any, family: Any, mode: Mode, device: str, row: Row) -> None:
     """Plans add, stock train and predict, estimate vs peak, step times: fills one family's :class:`Row`."""
     from nnunet_fm.demo import add_plans
@@ -321,7 +338,8 @@ def check_family(ws: Any, family: Any, mode: Mode, device: str, row: Row) -> Non
     path = plans_path(mode.dataset_id)
     plans = read_plans(path)
     config = plans["configurations"][configuration]
-    memory = fit_memory(plans, configuration, config, path.parent, None)
+    with _estimate_on():  # the check compares against the estimate, whatever NNUNET_FM_MEMORY_ESTIMATE says
+        memory = fit_memory(plans, configuration, config, path.parent, None)
     if memory is not None:
         row.estimate_gb = memory.estimate.training / GIB
         row.notes.append(f"estimate policy: {memory.estimate.policy}")
