@@ -14,7 +14,7 @@ import signal
 import threading
 from typing import Any
 
-from nnunet_fm.hooks.extension_points import Contribution
+from nnunet_fm.hooks.extension_points import Contribution, ExtensionPointsMixin
 
 
 def _augmenter(loader: Any) -> Any:
@@ -24,7 +24,7 @@ def _augmenter(loader: Any) -> Any:
     return loader
 
 
-class WorkerCleanupMixin:
+class WorkerCleanupMixin(ExtensionPointsMixin):
     """SIGTERM during training finishes the training and validation augmenters, then exits with 143."""
 
     fm_contributions = (Contribution("start", "fm_install_sigterm_handler", order=40),)
