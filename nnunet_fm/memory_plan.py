@@ -42,7 +42,7 @@ from torch import nn
 
 from nnunet_fm.atomic_io import atomic_write_json
 from nnunet_fm.tools.step_memory import live_tensor_peak, parameter_bytes
-from nnunet_fm.two_pass import _Packed, _SavedBytes
+from nnunet_fm.two_pass import saved_tensor_book
 
 __all__ = ["MemoryEstimate", "MemoryProfile", "choose_geometry", "estimate", "measure_profile"]
 
@@ -174,31 +174,23 @@ def _checkpointing(network: nn.Module, on: bool) -> Iterator[None]:
 
 def _segment_footprints(network: nn.Module, step: Callable[[], None]) -> dict[str, int]:
     """Largest saved-for-backward bytes of one call of each ``network.memory_segments`` module during ``step``."""
-    book = _SavedBytes()
     found: dict[str, int] = {}
     handles = []
-    for name in network.memory_segments:
-        module = network.get_submodule(name)
-        start: list[int] = []
-        handles.append(module.register_forward_pre_hook(lambda *_a, s=start: s.append(book.live)))
+    with saved_tensor_book() as book:
+        for name in network.memory_segments:
+            module = network.get_submodule(name)
+            start: list[int] = []
+            handles.append(module.register_forward_pre_hook(lambda *_a, s=start: s.append(book.live)))
 
-        def done(*_a, s=start, n=name) -> None:
-            found[n] = max(found.get(n, 0), book.live - s.pop())
+            def done(*_a, s=start, n=name) -> None:
+                found[n] = max(found.get(n, 0), book.live - s.pop())
 
-        handles.append(module.register_forward_hook(done))
-
-    def pack(t: torch.Tensor):
-        return t if t.is_leaf and t.requires_grad else _Packed(t, book)
-
-    def unpack(obj):
-        return obj.tensor if isinstance(obj, _Packed) else obj
-
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            handles.append(module.register_forward_hook(done))
+        try:
             step()
-    finally:
-        for h in handles:
-            h.remove()
+        finally:
+            for h in handles:
+                h.remove()
     return found
 
 

@@ -24,7 +24,8 @@ accumulates into ``.grad`` like ``loss.backward()`` does; the caller zeroes, cli
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 
 from nnunet_fm.network_contract import SubCubeNetwork, unwrap
 
-__all__ = ["run_cubes", "saved_tensor_peak", "two_pass_step"]
+__all__ = ["run_cubes", "saved_tensor_book", "saved_tensor_peak", "two_pass_step"]
 
 
 def _is_ddp(model: nn.Module) -> bool:
@@ -162,14 +163,10 @@ class _Packed:
         self.book.remove(self.key)
 
 
-def saved_tensor_peak(fn: Callable[[], Any]) -> int:
-    """Run ``fn()`` and return the peak of live bytes held by autograd as saved-for-backward tensors.
-
-    Deterministic, device-independent measure of activation memory: every tensor an autograd node
-    saves is counted (once per storage, however many nodes share it) from the moment it is saved
-    until its graph is freed. Parameters (leaf tensors requiring grad) are not counted: they exist
-    regardless of the forward pass.
-    """
+@contextlib.contextmanager
+def saved_tensor_book() -> Iterator[_SavedBytes]:
+    """Count the bytes autograd saves for backward while the block runs (``book.live``, ``book.peak``); once per
+    storage, parameters (leaf tensors requiring grad) excluded."""
     book = _SavedBytes()
 
     def pack(t: Tensor) -> Any:
@@ -181,5 +178,17 @@ def saved_tensor_peak(fn: Callable[[], Any]) -> int:
         return obj.tensor if isinstance(obj, _Packed) else obj
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield book
+
+
+def saved_tensor_peak(fn: Callable[[], Any]) -> int:
+    """Run ``fn()`` and return the peak of live bytes held by autograd as saved-for-backward tensors.
+
+    Deterministic, device-independent measure of activation memory: every tensor an autograd node
+    saves is counted (once per storage, however many nodes share it) from the moment it is saved
+    until its graph is freed. Parameters (leaf tensors requiring grad) are not counted: they exist
+    regardless of the forward pass.
+    """
+    with saved_tensor_book() as book:
         fn()
     return book.peak
