@@ -23,6 +23,18 @@ def _fp16_autocast():
     return torch.autocast("cpu", dtype=torch.float16)
 
 
+def _network_with_outliers(network: str, vit_amp: bool) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A tiny FFA or cube network in eval mode whose encoder has fp16-overflowing activations, and an input."""
+    torch.manual_seed(0)
+    common = {"encoder_kwargs": TINY_ENCODER, "vit_amp": vit_amp}
+    if network == "ffa":
+        net = DINOv3FFA(1, 3, taps=(0, 1, 1), agg_heads=2, **common).eval()
+    else:
+        net = DINOv3Cube(1, 3, [4, 32, 32], taps=(0, 1), **common).eval()
+    _inject_outliers(net.encoder)
+    return net, torch.randn(1, 1, 4, 32, 32)
+
+
 @pytest.mark.parametrize("amp", [False, True])
 def test_encoder_ignores_an_outer_fp16_autocast(amp):
     torch.manual_seed(0)
@@ -42,14 +54,7 @@ def test_encoder_ignores_an_outer_fp16_autocast(amp):
 
 @pytest.mark.parametrize("network", ["ffa", "cube"])
 def test_networks_stay_finite_under_fp16_autocast(network):
-    torch.manual_seed(0)
-    common = {"encoder_kwargs": TINY_ENCODER, "vit_amp": False}
-    if network == "ffa":
-        net = DINOv3FFA(1, 3, taps=(0, 1, 1), agg_heads=2, **common).eval()
-    else:
-        net = DINOv3Cube(1, 3, [4, 32, 32], taps=(0, 1), **common).eval()
-    _inject_outliers(net.encoder)
-    x = torch.randn(1, 1, 4, 32, 32)
+    net, x = _network_with_outliers(network, vit_amp=False)
     with torch.no_grad():
         reference = net(x)
         with _fp16_autocast():
@@ -81,14 +86,7 @@ def test_without_bf16_the_encoder_side_runs_fp32_under_fp16_autocast(monkeypatch
     import nnunet_fm.encoders
 
     monkeypatch.setattr(nnunet_fm.encoders, "bf16_supported", lambda device_type: False)  # this CPU "has no bf16"
-    torch.manual_seed(0)
-    common = {"encoder_kwargs": TINY_ENCODER, "vit_amp": True}
-    if network == "ffa":
-        net = DINOv3FFA(1, 3, taps=(0, 1, 1), agg_heads=2, **common).eval()
-    else:
-        net = DINOv3Cube(1, 3, [4, 32, 32], taps=(0, 1), **common).eval()
-    _inject_outliers(net.encoder)
-    x = torch.randn(1, 1, 4, 32, 32)
+    net, x = _network_with_outliers(network, vit_amp=True)
     with torch.no_grad():
         reference = net(x)
         with _fp16_autocast():
