@@ -24,10 +24,10 @@ choices below are ours):
   conv+GN+SiLU, widths ``up_widths``), concatenation with a full-resolution detail branch
   (3x3x3 conv+GN+SiLU on the raw input, ``detail_width`` channels), a 3x3x3 fusion conv+GN+SiLU and
   a 1x1x1 classifier. No dropout, DropPath or BatchNorm: decoding a cube twice gives identical
-  results, as two-pass training (:mod:`nnunet_fm.two_pass`) requires.
+  results, as two-pass training (:mod:`nnunet_fm.architectures.dinov3_cube_two_pass`) requires.
 
-The network implements the cube protocol of :mod:`nnunet_fm.two_pass`; plain ``forward`` decodes
-every cube with ordinary autograd and re-assembles ``[B, num_classes, D, H, W]``.
+The network implements the cube protocol (:class:`~nnunet_fm.architectures.dinov3_cube_two_pass.SubCubeNetwork`);
+plain ``forward`` decodes every cube with ordinary autograd and re-assembles ``[B, num_classes, D, H, W]``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from nnunet_fm.architectures.dinov3_cube_two_pass import run_cubes
 from nnunet_fm.blocks import ConvNormAct, upsample_inplane
 from nnunet_fm.encoders import ENCODER_OPTIONS, build_encoder, encoder_spec, no_fp16_autocast, zchannel_slices
 from nnunet_fm.options import SIGNATURE, Option
@@ -50,7 +51,6 @@ from nnunet_fm.slice_axis import (
     slices_first,
     to_canonical,
 )
-from nnunet_fm.two_pass import run_cubes
 
 __all__ = ["CubeDepthEmbedding", "CubeHead", "DINOv3Cube", "valid_cube_sizes"]
 

@@ -18,21 +18,10 @@ size divisible by 16)::
               resampled to the stage grid and projected by a 1x1 conv to the stage width
     head      1x1 conv (-> num_classes) at /2, stride-2 transposed conv -> full-resolution logits
 
-Figures (4 input channels, 4 classes; ``tests/test_lightmedseg.py::test_module_budgets_match_paper``
-prints this table; parameters are ``sum(p.numel())``, everything trainable; FLOPs are
-``torch.utils.flop_counter`` at ``1x4x128^3``, 2 FLOPs per multiply-accumulate):
-
-==========================  ==========  ==========
-figure                      paper       this code
-==========================  ==========  ==========
-total                       0.48M       479,540
-ghost=False (dense convs)   0.66M       651,287
-num_anchors=16 / 32         0.49M/0.52M 489,692 / 509,996
-Global Anchor Detector      8.6K        8,640
-LSPM                        11.7K       11,689
-skip router                 24K         24,644
-compute                     14.64 GFLOPs 14.38 GFLOPs
-==========================  ==========  ==========
+The paper's parameter and FLOP figures (total 0.48M, Global Anchor Detector 8.6K, LSPM 11.7K, skip router 24K,
+14.64 GFLOPs at ``1x4x128^3``) are asserted module by module within a tolerance by
+``tests/test_lightmedseg.py::test_module_budgets_match_paper``; this code's figures and the ablations' parameter
+counts: BENCHMARKS.md, "LightMedSeg: the paper's figures, module by module".
 
 Choices where the paper is silent or contradicts itself (each is a constructor argument):
 
@@ -64,8 +53,6 @@ Choices where the paper is silent or contradicts itself (each is a constructor a
 * LSPM gating head width 46 (11,689 parameters; GroupNorm with 2 groups since 46 is not a multiple of 4).
 * SE bottleneck ``max(4, C // 4)``; GN with ``gcd(C, 4)`` groups; anchor offsets use voxel centres
   ``(i + 0.5) / n``; without the LSPM the encoder routing is a fixed 0.5 / 0.5 blend.
-
-Ablations (same counting): use_lspm=False 467,851; use_anchors=False 463,442; use_skip_router=False 453,488.
 """
 
 from __future__ import annotations
@@ -237,9 +224,8 @@ class AnchorPositionBias(nn.Module):
 class StageResidual(nn.Module):
     """Optional layers the paper does not name (``stage_residual=True``): ``x + SE(SiLU(GN(y)))`` instead of ``SE(y)``.
 
-    The previous network had them around every encoder routing and decoder mixing step and reached a higher demo
-    Dice at a short CPU budget (BENCHMARKS.md; whether these layers are the reason is not measured yet). Off by
-    default: the paper's wiring.
+    The previous network's layers around every encoder routing and decoder mixing step (its demo Dice against the
+    paper's wiring: BENCHMARKS.md, "Recipes on the demo data"). Off by default: the paper's wiring.
     """
 
     def __init__(self, channels: int) -> None:

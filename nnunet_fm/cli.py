@@ -117,7 +117,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import os
 
-    from nnunet_fm.vessel_metrics import evaluate_folder
+    from nnunet_fm.evaluate_command import evaluate_folder
 
     output = args.o or os.path.join(args.pred, "summary.json")
     summary = evaluate_folder(
@@ -211,7 +211,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nnunet_fm.experiment import grid, run_grid, summarise, to_markdown, write_reports
-    from nnunet_fm.pipeline import Workspace
+    from nnunet_fm.nnunet_commands import Workspace
 
     out = Path(args.out)
     ws = Workspace.from_environment(out, log=out / "commands.log")
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     use.add_argument("-m", "--model", help="trained model folder (TRAINER__PLANS__CONFIGURATION)")
     use.add_argument("-d", "--dataset")
     use.add_argument("-c", "--configuration")
-    use.add_argument("-tr", "--trainer", default="nnUNetTrainerFMUNet")
+    use.add_argument("-tr", "--trainer", default="nnUNetTrainerUNetFewShot")
     use.add_argument("-p", "--plans", default="nnUNetPlans")
     use.add_argument("-f", "--fold", nargs="+", default=["0"])
     use.set_defaults(func=_cmd_predict_with)
@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _exit_on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signum)  # unwinds through pipeline.run_in_own_group, which stops its children
+    raise SystemExit(128 + signum)  # unwinds through nnunet_commands.run_in_own_group, which stops its children
 
 
 def main(argv: list[str] | None = None) -> int:

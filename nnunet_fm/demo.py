@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nnunet_fm.demo_data import DemoSpec, write_demo_dataset
 from nnunet_fm.environment import default_device
-from nnunet_fm.pipeline import Workspace, plan_and_preprocess, train_predict_evaluate
+from nnunet_fm.nnunet_commands import Workspace, plan_and_preprocess, train_predict_evaluate
 from nnunet_fm.templates import template_for_trainer
 
 DEMO_DATASET_ID = 901
@@ -61,7 +61,7 @@ def add_plans(ws: Workspace, dataset_id: int, template: str, settings: list[str]
 
 
 def score_line(scores: dict) -> str:
-    """Dice beside clDice and the Betti-0 error of a score record (``pipeline.predict_evaluate``)."""
+    """Dice beside clDice and the Betti-0 error of a score record (``nnunet_commands.predict_evaluate``)."""
     line = f"per-class Dice {scores['per_class_dice']}, mean {scores['mean_dice']}"
     if "binary_cldice" in scores:
         line += (

@@ -19,7 +19,7 @@ import numpy as np
 
 from nnunet_fm.atomic_io import atomic_write_json, atomic_write_text
 from nnunet_fm.demo import add_plans
-from nnunet_fm.pipeline import Workspace, train_predict_evaluate
+from nnunet_fm.nnunet_commands import Workspace, train_predict_evaluate
 from nnunet_fm.templates import load_template, template_for_trainer
 from nnunet_fm.tools.report import BINARY_BETTI0, BINARY_CLDICE, PER_CLASS_CLDICE, markdown_table
 

@@ -2,7 +2,7 @@
 
 clDice (skeletons thinned in TopCoW's (x, y, z) axis order), Betti numbers and their errors, HD95 on
 6-connected surfaces, nnU-Net's overlap counts, class masks and case reading. The conventions that combine them
-live in :mod:`nnunet_fm.vessel_metrics` (``nnunet``) and :mod:`nnunet_fm.topcow_metrics` (``topcow``).
+live in :mod:`nnunet_fm.evaluate_command` (``nnunet``) and :mod:`nnunet_fm.topcow_metrics` (``topcow``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Method (printed with every estimate). The configuration's network (random weight
 training steps on the CPU at the configuration's in-plane size, batch 1 and two small depths, under the dtype
 policy of CUDA training (bf16 autocast; CPU autocast stands in for it), with torch's own memory accounting:
 
-* ``activations``: the bytes autograd saves for backward (:func:`nnunet_fm.two_pass.saved_tensor_peak`) with the
+* ``activations``: the bytes autograd saves for backward (:func:`nnunet_fm.tensor_memory.saved_tensor_peak`) with the
   configuration's checkpointing, linear in batch x depth (fitted through the two depths);
 * ``transient``: the largest memory that exists only for a moment. A network that declares ``memory_segments``
   (DINOv3-FFA) names the modules it recomputes in backward: each one's saved bytes, measured with
@@ -13,7 +13,7 @@ policy of CUDA training (bf16 autocast; CPU autocast stands in for it), with tor
   (the full-resolution head's chunk) do not (``"batch"`` / ``"batch_chunk"``: the same on the whole batch);
   plus the logits, the loss's log-softmax and their gradient. A slice network is probed at a small in-plane
   size (4 x 4 encoder tokens) and its per-slice bytes scaled by area. Other networks: the live-tensor peak
-  (:func:`nnunet_fm.tools.step_memory.live_tensor_peak`) minus parameters, gradients and activations, linear in
+  (:func:`nnunet_fm.tensor_memory.live_tensor_peak`) minus parameters, gradients and activations, linear in
   batch x depth;
 * ``parameters`` (every parameter and buffer), ``gradients`` (fp32, trainable), ``optimizer`` (AdamW: two fp32
   moments per trainable parameter);
@@ -41,8 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_fm.atomic_io import atomic_write_json
-from nnunet_fm.tools.step_memory import live_tensor_peak, parameter_bytes
-from nnunet_fm.two_pass import saved_tensor_book
+from nnunet_fm.tensor_memory import live_tensor_peak, parameter_bytes, saved_tensor_book, saved_tensor_peak
 
 __all__ = ["MemoryEstimate", "MemoryProfile", "choose_geometry", "estimate", "measure_profile"]
 
@@ -198,8 +197,7 @@ def _measure_depth(
     network: nn.Module, x: torch.Tensor, target: torch.Tensor, amp_dtype: torch.dtype | None, segmented: bool
 ) -> tuple[int, int, dict[str, int], int]:
     """(saved, live peak, segment footprints, no-grad forward live peak) of one batch-1 input."""
-    from nnunet_fm.network_contract import SubCubeNetwork
-    from nnunet_fm.two_pass import saved_tensor_peak, two_pass_step
+    from nnunet_fm.architectures.dinov3_cube_two_pass import SubCubeNetwork, two_pass_step
 
     def autocast() -> torch.autocast:
         return torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
@@ -385,8 +383,9 @@ class MemoryPlan:
 
 def probe_dtype() -> torch.dtype | None:
     """bf16 (CPU autocast, the stand-in for CUDA bf16 autocast) where this CPU runs bf16 natively (AVX512-BF16,
-    AMX); else None: fp32, since PyTorch's reference bf16 convolutions take minutes on AVX2. fp32 bounds bf16 from
-    above for the plugin's networks (DINOv3-FFA ViT-S, 64 x 336^2, batch 2: 14.7 GB fp32 vs 8.5 GB bf16)."""
+    AMX); else None: fp32, since PyTorch's reference bf16 convolutions are very slow without them. fp32 bounds bf16
+    from above for the plugin's networks (both probes of the DINOv3-FFA preset: BENCHMARKS.md, "DINOv3-FFA at its
+    preset size")."""
     try:
         native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

@@ -53,6 +53,7 @@ class Option:
     maximum: float | None = None
     validate: Callable[[Any], bool] | None = None  # for values the kinds cannot express; ``values`` describes them
     values: str | None = None
+    length: int | None = None  # int_list: the number of entries (minimum / maximum then bound each entry)
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -63,6 +64,8 @@ class Option:
         if self.values:
             return self.values
         text = " or ".join(json.dumps(c) for c in self.choices) if self.choices else _KINDS[self.kind]
+        if self.kind == "int_list" and self.length is not None:
+            text = f"a JSON list of {self.length} integers"
         if self.minimum is not None or self.maximum is not None:
             text += f" in [{self.minimum if self.minimum is not None else '-inf'}, "
             text += f"{self.maximum if self.maximum is not None else 'inf'}]"
@@ -90,20 +93,27 @@ class Option:
         if self.kind == "bool":
             return isinstance(value, bool)
         if self.kind == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif self.kind == "float":
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif self.kind == "str":
+            return _is_int(value) and self._in_range(value)
+        if self.kind == "float":
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and self._in_range(value)
+        if self.kind == "str":
             return isinstance(value, str)
-        elif self.kind == "int_list":
-            return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        elif self.kind == "list":
+        if self.kind == "int_list":
+            return (
+                isinstance(value, list)
+                and (self.length is None or len(value) == self.length)
+                and all(_is_int(v) and self._in_range(v) for v in value)
+            )
+        if self.kind == "list":
             return isinstance(value, list)
-        else:
-            return isinstance(value, dict)
-        if not ok:
-            return False
+        return isinstance(value, dict)
+
+    def _in_range(self, value: float) -> bool:
         return (self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _jsonable(value: Any) -> bool:

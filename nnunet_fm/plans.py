@@ -20,11 +20,11 @@ from nnunet_fm.errors import UserInputError
 from nnunet_fm.file_names import MANIFEST_NAME
 from nnunet_fm.hooks.splits import NNUNET_FOLDS, few_case_note
 from nnunet_fm.options import declared_options, fixed_options, network_options, resolve_options
-from nnunet_fm.preprocessing_plan import check_inplane_multiple, check_preprocessing_keys, preprocessing_entries
+from nnunet_fm.preprocessing_plan import check_inplane_multiple, preprocessing_entries
 from nnunet_fm.registry import network_class as network_class_of
 from nnunet_fm.slice_axis import from_canonical, slice_axis_from_transpose, to_canonical
 from nnunet_fm.templates import (
-    STRUCTURAL_KEYS,
+    STRUCTURAL_OPTIONS,
     Template,
     format_options,
     global_patch_size,
@@ -104,8 +104,8 @@ def _split_overrides(template: Template, overrides: dict[str, Any]) -> tuple[dic
     structural, arch, options = {}, {}, {}
     trainer_options, net_options = template.trainer_options(), template.network_options()
     for key, value in overrides.items():
-        if key in STRUCTURAL_KEYS:
-            structural[key] = value
+        if key in STRUCTURAL_OPTIONS:
+            structural[key] = STRUCTURAL_OPTIONS[key].check(value, "--set")
         elif key in trainer_options:
             options[key] = trainer_options[key].check(value, "--set")
         elif key in net_options:
@@ -115,26 +115,12 @@ def _split_overrides(template: Template, overrides: dict[str, Any]) -> tuple[dic
             hint = f" Network options are set by their plain name: --set {bare}=..." if bare != key else ""
             readers = _readers_of(bare)
             where = f" It is read by: {', '.join(readers)}." if readers else ""
-            valid = sorted(trainer_options) + sorted(net_options) + sorted(STRUCTURAL_KEYS)
+            valid = sorted(trainer_options) + sorted(net_options) + sorted(STRUCTURAL_OPTIONS)
             raise UserInputError(
                 f"Key '{key}' is not read by template '{template.name}' ({template.trainer}).{where}{hint} "
                 f"Keys it reads: {', '.join(valid)} (see `nnunet-fm plans list`)."
             )
     return structural, arch, options
-
-
-def _check_structural(structural: dict) -> None:
-    """patch_size and batch_size (the preprocessing keys are checked with their rules)."""
-    patch = structural.get("patch_size")
-    if patch is not None and (not isinstance(patch, list) or not all(isinstance(v, int) and v > 0 for v in patch)):
-        raise UserInputError(f"patch_size must be a JSON list of positive ints, e.g. [32,128,128]; got {patch!r}.")
-    batch = structural.get("batch_size")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise UserInputError(f"batch_size must be a positive int; got {batch!r}.")
-    if not isinstance(structural.get("batch_dice", False), bool | None):
-        raise UserInputError(
-            f"batch_dice must be true, false or null (the parent's); got {structural['batch_dice']!r}."
-        )
 
 
 @dataclass
@@ -153,7 +139,32 @@ class AddResult:
 
 
 def build_configuration(plans: dict, template: Template, overrides: dict[str, Any]) -> dict:
-    """The configuration dict a template produces for ``plans`` (pure; no I/O)."""
+    """The configuration dict a template produces for ``plans`` (pure; no I/O), built in the named steps below."""
+    parent = _parent_configuration(plans, template)
+    structural, arch_overrides, option_overrides = _split_overrides(template, overrides)
+    values = {**template.structural_values(), **structural}
+    options = {**template.options, **option_overrides}
+    architecture = _architecture_block(template, arch_overrides)
+    slice_axis = _set_slice_axis(plans, template, architecture)
+    effective_arch = architecture or parent.get("architecture")
+    rule_values = {**_network_values(template, architecture), **options}
+    _check_whole_slice_multiple(template, parent, effective_arch, rule_values, values["inplane_size"])
+    parent_view = _canonical_geometry(parent, slice_axis)
+    preprocessing, whole_slice_patch = _preprocessing(plans, template, parent_view, values, slice_axis)
+    base_patch = _base_patch(template, parent_view, whole_slice_patch, values, effective_arch, rule_values)
+    patch = _apply_patch_rules(template, base_patch, values["patch_size"], effective_arch, rule_values, slice_axis)
+    config: dict[str, Any] = {"inherits_from": template.parent, "patch_size": patch, **preprocessing}
+    config.update(_batch_entries(parent, values))
+    if architecture is not None:
+        config["architecture"] = architecture
+    config.update(options)
+    config[METADATA_KEY] = {"template": template.name, "trainer": template.trainer, "set": sorted(overrides)}
+    return config
+
+
+def _parent_configuration(plans: dict, template: Template) -> dict:
+    """The template's parent configuration, resolved through its ``inherits_from``; a user error when the plans
+    file lacks it (a 2D-only dataset is named as such)."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     configurations = plans.get("configurations", {})
@@ -165,100 +176,146 @@ def build_configuration(plans: dict, template: Template, overrides: dict[str, An
     if template.parent not in configurations:
         raise UserInputError(
             f"Parent configuration '{template.parent}' is not in the plans file (it has: "
-            f"{', '.join(plans.get('configurations', {}))}). Run nnUNetv2_plan_and_preprocess with "
-            f"-c {template.parent} first."
+            f"{', '.join(configurations)}). Run nnUNetv2_plan_and_preprocess with -c {template.parent} first."
         )
-    structural, arch_overrides, option_overrides = _split_overrides(template, overrides)
-    _check_structural(structural)
-    parent = PlansManager(copy.deepcopy(plans)).get_configuration(template.parent).configuration
+    return PlansManager(copy.deepcopy(plans)).get_configuration(template.parent).configuration
 
-    options = {**template.options, **option_overrides}
-    architecture = None
-    if template.network_class_name is not None:
-        architecture = {
-            "network_class_name": template.network_class_name,
-            "arch_kwargs": {**template.arch_kwargs, **arch_overrides},
-            "_kw_requires_import": [],
-        }
-    slice_axis = 0  # patch rules and the whole-slice view apply to [slice axis, in-plane, in-plane]
-    if architecture is not None and "slice_axis" in template.network_options():
-        kwargs = architecture["arch_kwargs"]
-        kwargs.setdefault("slice_axis", slice_axis_from_transpose(plans.get("transpose_forward", [0, 1, 2])))
-        slice_axis = kwargs["slice_axis"]
-    effective_arch = architecture or parent.get("architecture")
-    network_values = {
-        k: v.value
-        for k, v in resolve_options(
-            template.network_options(), effective_arch["arch_kwargs"] if architecture else {}, ""
-        ).items()
+
+def _architecture_block(template: Template, arch_overrides: dict) -> dict | None:
+    """The ``architecture`` entry of the template's network with its and the user's arch_kwargs; None when the
+    trainer trains the parent's network."""
+    if template.network_class_name is None:
+        return None
+    return {
+        "network_class_name": template.network_class_name,
+        "arch_kwargs": {**template.arch_kwargs, **arch_overrides},
+        "_kw_requires_import": [],
     }
-    check_network_options(architecture, network_values)
-    intensity = structural.get("intensity", template.intensity)
-    inplane_size = structural.get("inplane_size", template.inplane_size)
-    max_depth = structural.get("max_depth", template.max_depth)
-    check_preprocessing_keys(intensity, inplane_size, max_depth)
-    rule_values = {**network_values, **options}
-    if inplane_size is not None and len(parent["patch_size"]) == 3:  # 2D parents: whole_slice_geometry refuses
-        in_plane = patch_multiples(template.patch, 3, effective_arch, rule_values)[1:]
-        multiple = math.lcm(*in_plane)
-        reason = f"the in-plane multiple of template {template.name}'s patch rules {json.dumps(template.patch)}"
-        if "encoder" in rule_values:
-            reason += f" with encoder {rule_values['encoder']}"
-        check_inplane_multiple(inplane_size, multiple, reason)
 
-    def canonical(values: list) -> list:
-        return to_canonical(values, slice_axis) if len(values) == 3 else list(values)
 
-    def nnunet_order(values: list) -> list:
-        return from_canonical(values, slice_axis) if len(values) == 3 else list(values)
+def _set_slice_axis(plans: dict, template: Template, architecture: dict | None) -> int:
+    """The patch axis the patch rules and the whole-slice view treat as the slice axis.
 
+    For a network with a ``slice_axis`` option it is written into ``arch_kwargs`` (unless given) as the axis that
+    holds the raw image's axis 0 after the plans' ``transpose_forward``; otherwise patch axis 0.
+    """
+    if architecture is None or "slice_axis" not in template.network_options():
+        return 0
+    kwargs = architecture["arch_kwargs"]
+    kwargs.setdefault("slice_axis", slice_axis_from_transpose(plans.get("transpose_forward", [0, 1, 2])))
+    return kwargs["slice_axis"]
+
+
+def _network_values(template: Template, architecture: dict | None) -> dict[str, Any]:
+    """Effective value of every network option, checked by the network's own plans-time check."""
+    stored = architecture["arch_kwargs"] if architecture is not None else {}
+    values = {k: v.value for k, v in resolve_options(template.network_options(), stored, "").items()}
+    check_network_options(architecture, values)
+    return values
+
+
+def _check_whole_slice_multiple(
+    template: Template, parent: dict, architecture: dict | None, rule_values: dict, inplane_size: int | None
+) -> None:
+    """A whole-slice view (``inplane_size``) must be a multiple of the in-plane multiple of the patch rules."""
+    if inplane_size is None or len(parent["patch_size"]) != 3:  # 2D parents: whole_slice_geometry refuses
+        return
+    in_plane = patch_multiples(template.patch, 3, architecture, rule_values)[1:]
+    reason = f"the in-plane multiple of template {template.name}'s patch rules {json.dumps(template.patch)}"
+    if "encoder" in rule_values:
+        reason += f" with encoder {rule_values['encoder']}"
+    check_inplane_multiple(inplane_size, math.lcm(*in_plane), reason)
+
+
+def _canonical(values: list, slice_axis: int) -> list:
+    """Per-axis values of a 3D patch in [slice axis, in-plane, in-plane] order (2D ones unchanged)."""
+    return to_canonical(values, slice_axis) if len(values) == 3 else list(values)
+
+
+def _nnunet_order(values: list, slice_axis: int) -> list:
+    """Per-axis values of a 3D patch back in nnU-Net's axis order (2D ones unchanged)."""
+    return from_canonical(values, slice_axis) if len(values) == 3 else list(values)
+
+
+def _canonical_geometry(parent: dict, slice_axis: int) -> dict:
+    """The parent configuration with its spacing, median shape and patch in [slice axis, in-plane, in-plane] order."""
     geometry_keys = ("spacing", "median_image_size_in_voxels", "patch_size")
-    parent_view = {**parent, **{k: canonical(parent[k]) for k in geometry_keys}}
-    preprocessing, whole_slice_patch = preprocessing_entries(
+    return {**parent, **{k: _canonical(parent[k], slice_axis) for k in geometry_keys}}
+
+
+def _preprocessing(
+    plans: dict, template: Template, parent_view: dict, values: dict, slice_axis: int
+) -> tuple[dict, list[int] | None]:
+    """Configuration entries of the preprocessing keys (spacing in nnU-Net's order) and the whole-slice patch
+    (canonical order; None without ``inplane_size``)."""
+    entries, whole_slice_patch = preprocessing_entries(
         parent_view,
         plans.get("plans_name", "nnUNetPlans"),
         template.parent,
-        intensity,
-        inplane_size,
-        max_depth,
+        values["intensity"],
+        values["inplane_size"],
+        values["max_depth"],
     )
-    if "spacing" in preprocessing:
-        preprocessing["spacing"] = nnunet_order(preprocessing["spacing"])
-    user_patch = structural.get("patch_size")
-    if user_patch is not None:
-        user_patch = canonical(user_patch)
+    if "spacing" in entries:
+        entries["spacing"] = _nnunet_order(entries["spacing"], slice_axis)
+    return entries, whole_slice_patch
+
+
+def _base_patch(
+    template: Template,
+    parent_view: dict,
+    whole_slice_patch: list[int] | None,
+    values: dict,
+    architecture: dict | None,
+    rule_values: dict,
+) -> list[int]:
+    """The patch before the patch rules (canonical order): the whole-slice patch, else the parent's; with
+    ``global_patch`` the parent's median image rounded up to the rules' multiples."""
     base_patch = whole_slice_patch or parent_view["patch_size"]
-    use_global = structural.get("global_patch", template.global_patch)
-    if not isinstance(use_global, bool):
-        raise UserInputError(f"global_patch={use_global!r} is not valid: expected true or false.")
-    if use_global:
-        multiples = patch_multiples(template.patch, len(base_patch), effective_arch, rule_values)
-        base_patch = global_patch_size(parent_view["median_image_size_in_voxels"], multiples)
-    patch = nnunet_order(
+    if not values["global_patch"]:
+        return base_patch
+    multiples = patch_multiples(template.patch, len(base_patch), architecture, rule_values)
+    return global_patch_size(parent_view["median_image_size_in_voxels"], multiples)
+
+
+def _apply_patch_rules(
+    template: Template,
+    base_patch: list[int],
+    user_patch: list[int] | None,
+    architecture: dict | None,
+    rule_values: dict,
+    slice_axis: int,
+) -> list[int]:
+    """The configuration's patch in nnU-Net's order: the base patch snapped to the template's patch rules, or the
+    user's ``patch_size`` when it meets them (else a user error with the nearest valid patch)."""
+    user_canonical = None if user_patch is None else _canonical(user_patch, slice_axis)
+    patch = _nnunet_order(
         resolve_patch(
             template.patch,
-            user_patch or base_patch,
-            effective_arch,
+            user_canonical or base_patch,
+            architecture,
             rule_values,
-            user_given=user_patch is not None and slice_axis == 0,
-        )
+            user_given=user_canonical is not None and slice_axis == 0,
+        ),
+        slice_axis,
     )
-    if user_patch is not None and patch != nnunet_order(user_patch):
+    if user_canonical is not None and patch != _nnunet_order(user_canonical, slice_axis):
         raise UserInputError(
-            f"patch_size {nnunet_order(user_patch)} breaks the template's patch rules {json.dumps(template.patch)}, "
-            f"which apply to [slice axis, in-plane, in-plane] (slice_axis {slice_axis}). Nearest valid patch: "
-            f"{patch}; use --set patch_size={json.dumps(patch).replace(' ', '')}."
+            f"patch_size {_nnunet_order(user_canonical, slice_axis)} breaks the template's patch rules "
+            f"{json.dumps(template.patch)}, which apply to [slice axis, in-plane, in-plane] (slice_axis {slice_axis}). "
+            f"Nearest valid patch: {patch}; use --set patch_size={json.dumps(patch).replace(' ', '')}."
         )
-    config: dict[str, Any] = {"inherits_from": template.parent, "patch_size": patch, **preprocessing}
-    config["batch_size"] = structural.get("batch_size") or template.batch_size or parent["batch_size"]
-    batch_dice = structural.get("batch_dice", template.batch_dice)
-    if batch_dice is not None:
-        config["batch_dice"] = batch_dice
-    if architecture is not None:
-        config["architecture"] = architecture
-    config.update(options)
-    config[METADATA_KEY] = {"template": template.name, "trainer": template.trainer, "set": sorted(overrides)}
-    return config
+    return patch
+
+
+def _batch_entries(parent: dict, values: dict) -> dict[str, Any]:
+    """``batch_size`` (the parent's when null) and ``batch_dice`` (omitted when null: inherited from the parent)."""
+    entries: dict[str, Any] = {
+        "batch_size": values["batch_size"] if values["batch_size"] is not None else parent["batch_size"]
+    }
+    if values["batch_dice"] is not None:
+        entries["batch_dice"] = values["batch_dice"]
+    return entries
 
 
 def check_network_options(architecture: dict | None, values: dict) -> None:
@@ -414,11 +471,11 @@ def show_configuration(
     )
     architecture = resolved.get("architecture") or {}
     network_name = architecture.get("network_class_name", "")
-    slicing_network = False
+    slice_axis = None
     if network_name.startswith("nnunet_fm."):
         network = network_class_of(network_name)
         effective = resolve_options(network_options(network), architecture.get("arch_kwargs", {}), network.__name__)
-        slicing_network = "slice_axis" in effective
+        slice_axis = effective["slice_axis"].value if "slice_axis" in effective else None
         lines.append(f"  network {network_name} (architecture.arch_kwargs):")
         lines += format_options(
             effective, {k: source(k, e.source) for k, e in effective.items() if e.source == "plans"}
@@ -436,7 +493,7 @@ def show_configuration(
     mode = "Dice pooled over the batch" if resolved.get("batch_dice") else "Dice per sample"
     lines.append(f"  batch_dice {json.dumps(resolved.get('batch_dice'))} ({mode})  [{dice_source}]")
     transpose = plans.get("transpose_forward", [0, 1, 2])
-    lines.append("  " + slicing_summary(transpose, architecture.get("arch_kwargs"), slicing_network))
+    lines.append("  " + slicing_summary(transpose, slice_axis))
     oversample = trainer_effective.get("oversample_foreground_percent")
     if oversample is not None:
         lines.append(f"  foreground oversampling {oversample.value} of each batch ({oversample.source})")
@@ -446,14 +503,12 @@ def show_configuration(
     return "\n".join(lines)
 
 
-def slicing_summary(transpose_forward: list[int], arch_kwargs: dict | None, slicing_network: bool = False) -> str:
-    """Which raw-image axis the configuration's 2D encoder slices (or its per-slice rules use).
-
-    A slicing network without ``slice_axis`` (a configuration written before the option) slices patch axis 0.
-    """
+def slicing_summary(transpose_forward: list[int], slice_axis: int | None) -> str:
+    """Which raw-image axis the configuration's 2D encoder slices (its network's effective ``slice_axis``), or,
+    for a network without one (``None``), the axis its per-slice rules use."""
     order = [int(a) for a in transpose_forward]
-    if slicing_network or (arch_kwargs is not None and "slice_axis" in arch_kwargs):
-        axis = int((arch_kwargs or {}).get("slice_axis", 0))
+    if slice_axis is not None:
+        axis = int(slice_axis)
         raw = order[axis]
         kind = "axial slices" if raw == 0 else "NOT the axial slices (raw axis 0); re-run plans add to fix"
         return (

@@ -10,8 +10,9 @@ resizes every whole axial slice to 336x336 (21x21 tokens) with 64-slice depth cr
 - ``inplane_size: N``: the in-plane spacing is chosen so the dataset's median in-plane extent spans N voxels,
   and the patch is ``[min(max_depth, median depth), N, N]``: each patch holds whole slices.
 
-Either one gives the configuration its own ``data_identifier``; ``nnUNetv2_preprocess -c NAME`` must then run
-(once per distinct preprocessing: configurations that preprocess alike share the data).
+Both keys are structural options, declared and checked in ``nnunet_fm.templates.STRUCTURAL_OPTIONS``. Either
+one gives the configuration its own ``data_identifier``; ``nnUNetv2_preprocess -c NAME`` must then run (once
+per distinct preprocessing: configurations that preprocess alike share the data).
 """
 
 from __future__ import annotations
@@ -19,24 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 from nnunet_fm.errors import UserInputError
-
-INTENSITY_CHOICES = ("parent", "affine")
-
-
-def check_preprocessing_keys(intensity: Any, inplane_size: Any, max_depth: Any) -> None:
-    """Clear errors for bad values of the template's preprocessing keys."""
-    if intensity not in INTENSITY_CHOICES:
-        raise UserInputError(f"intensity={intensity!r} is not valid: expected one of {list(INTENSITY_CHOICES)}.")
-    if inplane_size is not None and (
-        isinstance(inplane_size, bool) or not isinstance(inplane_size, int) or inplane_size < 1
-    ):
-        raise UserInputError(
-            f"inplane_size={inplane_size!r} is not valid: expected a positive multiple of the in-plane patch "
-            "multiple (the encoder's patch size: 16 for DINOv3, 14 for DINOv2; 336, the reference's, suits both) "
-            "or null (keep the parent configuration's spacing and patch)."
-        )
-    if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:
-        raise UserInputError(f"max_depth={max_depth!r} is not valid: expected a positive integer (reference: 64).")
 
 
 def check_inplane_multiple(inplane_size: int, multiple: int, reason: str) -> None:

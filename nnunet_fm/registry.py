@@ -1,21 +1,24 @@
-"""The model families the plugin ships: network, trainers, template, tiny test settings, bench rows.
+"""The model families the plugin ships: network, trainers, template.
 
 Each family is declared by the ``family`` block of its template, ``plans_templates/<family>.json`` (the network
-class, the trainer module and trainer variants, the tiny CPU test settings, the benchmark rows); this module reads
-those blocks. It imports no network, trainer, nnU-Net or torch module: classes are imported only when asked for
-(:meth:`Family.network_class`, :meth:`Family.trainer_class`, :func:`trainer_classes`). Read by the
+class, the trainer module, trainer variants and aliases); this module reads those blocks. Test and benchmark data
+are not part of a family's declaration: its tiny CPU test settings live in ``nnunet_fm/tools/tiny_settings.py``,
+its benchmark rows in ``nnunet_fm/tools/bench/models.py``. It imports no network, trainer, nnU-Net or torch
+module: classes are imported only when asked for (:meth:`Family.network_class`, :meth:`Family.trainer_class`,
+:func:`trainer_classes`). Read by the
 ``nnUNet_extTrainer`` shim (its exports), ``nnunet_fm.templates`` (trainer -> template), the trainers' own
-configuration check, ``nnunet-fm doctor`` (what must resolve), the benchmark (its rows) and the contract tests.
+configuration check, ``nnunet-fm doctor`` (what must resolve), the benchmark and the tests.
 
 Adding a family: ``architectures/<family>.py``, ``trainers/<family>.py`` and ``plans_templates/<family>.json`` with
-its ``family`` block (tests/test_network_contract.py fails on a trainer class no template names).
+its ``family`` block, plus its tiny settings (tests/test_network_contract.py fails on a trainer class no template
+names and on a family without tiny settings).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -23,44 +26,8 @@ from nnunet_fm.errors import UserInputError
 
 
 @dataclass(frozen=True)
-class TinySettings:
-    """Settings small enough for CPU tests of a family.
-
-    ``arch_kwargs``/``patch_size``/``input_channels``/``num_classes``/``batch_size`` build the network alone
-    (tests/test_network_contract.py); ``plans_overrides`` are the further ``plans add --set`` values of a short
-    trainer run on the tests' 16x48x48 fixture dataset (tests/test_contract.py, with ``arch_kwargs``).
-    """
-
-    patch_size: tuple[int, ...]
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    input_channels: int = 1
-    num_classes: int = 3
-    batch_size: int = 2
-    plans_overrides: dict[str, Any] = field(default_factory=dict)
-    #: why the settings are what they are (JSON has no comments)
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class BenchModel:
-    """One row of ``python -m nnunet_fm.tools.bench``: its ``--models`` key and row label.
-
-    ``encoder`` is passed as ``arch_kwargs["encoder"]`` when set; ``bench_kwargs`` names the network keywords
-    filled from the bench settings (``encoder_kwargs``, ``vit_amp`` from ``--amp``, ``taps``, ``agg_heads``,
-    ``cube_size``; unset settings are left out). ``trainer``: the trainer named to nnU-Net's predictor
-    (default: the family's main trainer).
-    """
-
-    key: str
-    label: str
-    encoder: str | None = None
-    bench_kwargs: tuple[str, ...] = ()
-    trainer: str | None = None
-
-
-@dataclass(frozen=True)
 class Family:
-    """A model family: its network, its trainers (the first is the main one), template and test settings."""
+    """A model family: its network, its trainers (the first is the main one) and template."""
 
     name: str
     #: dotted network class (its trainers' ``fm_network`` reads it); None: nnU-Net's own network from the parent plans
@@ -70,10 +37,8 @@ class Family:
     trainers: tuple[str, ...]
     #: shipped ``plans_templates/<template>.json`` (its ``trainer`` is the main trainer)
     template: str
-    tiny: TinySettings
     #: the configuration name its template adds
     configuration: str = ""
-    bench: tuple[BenchModel, ...] = ()
     #: trainer names outside the plugin that stand for the main trainer (stock nnUNetTrainer in few-shot grids)
     aliases: tuple[str, ...] = ()
 
@@ -94,11 +59,21 @@ class Family:
         return import_object(f"{self.trainer_module}.{name}")
 
 
+#: the keys of a template's ``family`` block
+FAMILY_KEYS = frozenset({"network", "trainer_module", "variants", "aliases"})
+
+
 def _family_from_template(name: str, raw: dict) -> Family:
     """The :class:`Family` a template's ``family`` block declares (its main trainer: the template's ``trainer``)."""
     block = raw.get("family")
     if not isinstance(block, dict):
-        raise ValueError(f"plans_templates/{name}.json has no 'family' block (network, trainer_module, tiny, ...).")
+        raise ValueError(f"plans_templates/{name}.json has no 'family' block (network, trainer_module, ...).")
+    unknown = sorted(set(block) - FAMILY_KEYS)
+    if unknown:
+        raise ValueError(
+            f"plans_templates/{name}.json: unknown 'family' keys {unknown} (known: {sorted(FAMILY_KEYS)}); tiny test "
+            "settings go in nnunet_fm/tools/tiny_settings.py, benchmark rows in nnunet_fm/tools/bench/models.py."
+        )
     return Family(
         name=name,
         network=block["network"],
@@ -107,11 +82,6 @@ def _family_from_template(name: str, raw: dict) -> Family:
         template=name,
         configuration=raw["configuration"],
         aliases=tuple(block.get("aliases", ())),
-        tiny=TinySettings(**{k: tuple(v) if k == "patch_size" else v for k, v in block["tiny"].items()}),
-        bench=tuple(
-            BenchModel(**{k: tuple(v) if k == "bench_kwargs" else v for k, v in row.items()})
-            for row in block.get("bench", ())
-        ),
     )
 
 
@@ -211,8 +181,3 @@ def plugin_option_names() -> set[str]:
         if network is not None:
             names.update(network_options(network))
     return names
-
-
-def bench_models() -> dict[str, tuple[Family, BenchModel]]:
-    """Benchmark rows by ``--models`` key, each with its family, in registry order."""
-    return {row.key: (f, row) for f in FAMILIES for row in f.bench}

@@ -18,18 +18,56 @@ from nnunet_fm.options import (
     resolve_options,
 )
 
-STRUCTURAL_KEYS = {
-    "patch_size": "Patch size [D, H, W]; must satisfy the template's patch rules.",
-    "batch_size": "Batch size.",
-    "intensity": "'affine': own preprocessing with unmasked z-score, so the encoder's per-slice min-max equals the "
-    "raw image's; 'parent': reuse the parent's preprocessed data (nnU-Net's normalisation).",
-    "inplane_size": "Whole-slice view: in-plane spacing chosen so the median slice spans this many voxels; patch "
-    "[min(max_depth, median depth), N, N]. null: the parent's spacing and patch.",
-    "max_depth": "Patch depth cap used with inplane_size.",
-    "batch_dice": "nnU-Net's Dice mode: true pools Dice over the batch, false computes it per sample. null: the "
-    "parent's (nnU-Net plans true for 3d_fullres when it also plans 3d_lowres).",
-    "global_patch": "true: the patch covers the dataset's median image (rounded up to the patch rules), so a "
-    "median case is predicted in one window and positions inside the patch are positions in the volume.",
+#: keys ``plans add`` applies itself (the configuration's geometry, batch and preprocessing): top-level keys of a
+#: template, settable with ``--set``, declared and checked like every option
+STRUCTURAL_OPTIONS: dict[str, Option] = {
+    option.name: option
+    for option in (
+        Option(
+            "patch_size",
+            None,
+            "Patch size [D, H, W]; must satisfy the template's patch rules. null: the parent's patch (or the "
+            "whole-slice or global patch), snapped to the patch rules.",
+            "int_list",
+            nullable=True,
+            minimum=1,
+            length=3,
+        ),
+        Option("batch_size", None, "Batch size. null: the parent's.", "int", nullable=True, minimum=1),
+        Option(
+            "intensity",
+            "parent",
+            "'affine': own preprocessing with unmasked z-score, so the encoder's per-slice min-max equals the raw "
+            "image's; 'parent': reuse the parent's preprocessed data (nnU-Net's normalisation).",
+            choices=("parent", "affine"),
+        ),
+        Option(
+            "inplane_size",
+            None,
+            "Whole-slice view: in-plane spacing chosen so the median slice spans this many voxels; patch "
+            "[min(max_depth, median depth), N, N]; a multiple of the encoder's patch size (16 for DINOv3, 14 for "
+            "DINOv2; 336, the reference's, suits both). null: the parent's spacing and patch.",
+            "int",
+            nullable=True,
+            minimum=1,
+        ),
+        Option("max_depth", 64, "Patch depth cap used with inplane_size (reference: 64).", "int", minimum=1),
+        Option(
+            "batch_dice",
+            None,
+            "nnU-Net's Dice mode: true pools Dice over the batch, false computes it per sample. null: the parent's "
+            "(nnU-Net plans true for 3d_fullres when it also plans 3d_lowres).",
+            "bool",
+            nullable=True,
+        ),
+        Option(
+            "global_patch",
+            False,
+            "true: the patch covers the dataset's median image (rounded up to the patch rules), so a median case is "
+            "predicted in one window and positions inside the patch are positions in the volume.",
+            "bool",
+        ),
+    )
 }
 
 
@@ -38,7 +76,8 @@ class Template:
     """A configuration recipe for ``nnunet-fm plans add``: only what differs from the trainer's defaults.
 
     The trainer (``trainer``) names the network (its ``fm_network``) and declares the options it reads with
-    their defaults; ``options`` and ``arch_kwargs`` hold the template's departures from those defaults.
+    their defaults; ``options`` and ``arch_kwargs`` hold the template's departures from those defaults, and
+    ``structural`` its departures from the :data:`STRUCTURAL_OPTIONS` defaults (top-level keys of the JSON).
     """
 
     name: str
@@ -47,12 +86,7 @@ class Template:
     parent: str
     trainer: str
     patch: dict = field(default_factory=dict)
-    batch_size: int | None = None
-    intensity: str = "parent"
-    inplane_size: int | None = None
-    max_depth: int = 64
-    global_patch: bool = False
-    batch_dice: bool | None = None  # None: the parent configuration's
+    structural: dict = field(default_factory=dict)
     arch_kwargs: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
     family: dict = field(default_factory=dict)  # the family's registration, read by nnunet_fm.registry
@@ -67,6 +101,10 @@ class Template:
 
     def trainer_options(self) -> dict[str, Option]:
         return declared_options(self.trainer_class)
+
+    def structural_values(self) -> dict[str, Any]:
+        """Every structural key's value for this template: its own, else the declared default."""
+        return {name: self.structural.get(name, option.default) for name, option in STRUCTURAL_OPTIONS.items()}
 
     def network_options(self) -> dict[str, Option]:
         name = self.network_class_name
@@ -92,8 +130,10 @@ def load_template(name: str) -> Template:
     if name not in template_names():
         raise UserInputError(f"Unknown template '{name}'. Available templates: {', '.join(template_names())}.")
     raw = registry.read_template(name)
-    template = Template(name=name, **raw)
+    structural = {key: raw.pop(key) for key in list(raw) if key in STRUCTURAL_OPTIONS}
+    template = Template(name=name, structural=structural, **raw)
     for values, declared, owner in (
+        (template.structural, STRUCTURAL_OPTIONS, "plans add"),
         (template.options, template.trainer_options(), template.trainer),
         (template.arch_kwargs, template.network_options(), template.network_class_name),
     ):
@@ -111,15 +151,13 @@ def describe_templates() -> str:
         t = load_template(name)
         lines.append(f"{name}: {t.description}")
         lines.append(f"  configuration: {t.configuration} (inherits_from {t.parent}); trainer: {t.trainer}")
-        lines.append(
-            f"  patch rules: {json.dumps(t.patch)}; batch_size: {t.batch_size or 'parent'}; batch_dice: "
-            f"{'parent' if t.batch_dice is None else json.dumps(t.batch_dice)}"
-        )
-        lines.append(
-            f"  intensity: {t.intensity}; inplane_size: {t.inplane_size}; max_depth: {t.max_depth}; "
-            f"global_patch: {json.dumps(t.global_patch)}"
-        )
+        lines.append(f"  patch rules: {json.dumps(t.patch)}")
         lines.append(f"  budget: {budget_formula(t)}")
+        lines.append("  structural keys (top-level plans keys, applied by plans add):")
+        lines += format_options(
+            resolve_options(STRUCTURAL_OPTIONS, t.structural, "plans add"),
+            {k: f"template {name}" for k in t.structural},
+        )
         lines.append(f"  trainer options (top-level plans keys, read by {t.trainer}):")
         lines += format_options(
             resolve_options(t.trainer_options(), t.options, t.trainer, fixed_options(t.trainer_class)),
@@ -133,8 +171,7 @@ def describe_templates() -> str:
                 {k: f"template {name}" for k in t.arch_kwargs},
             )
         lines.append("")
-    lines.append("Structural keys for --set: " + "; ".join(f"{k}: {v}" for k, v in STRUCTURAL_KEYS.items()))
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip("\n")
 
 
 def budget_formula(template: Template) -> str:
@@ -145,12 +182,13 @@ def budget_formula(template: Template) -> str:
     epochs, iterations, k = values["num_epochs"], values["num_iterations_per_epoch"], values.get("few_shot_k")
     if iterations is not None:
         return f"{epochs} epochs x {iterations} iterations = {epochs * iterations} optimiser steps."
-    batch = template.batch_size or "B"
+    batch_size = template.structural_values()["batch_size"]
+    batch = batch_size or "B"
     text = f"an epoch is one pass over the training cases: {epochs} x ceil(n_train / {batch}) optimiser steps"
-    if k is not None and template.batch_size:
-        steps = epochs * iterations_per_pass(k, template.batch_size)
-        crops = steps * template.batch_size  # every step draws a full batch, the last one of a pass too
-        text += f" (few_shot_k={k}: {steps} steps x batch {template.batch_size} = {crops} training crops)"
+    if k is not None and batch_size:
+        steps = epochs * iterations_per_pass(k, batch_size)
+        crops = steps * batch_size  # every step draws a full batch, the last one of a pass too
+        text += f" (few_shot_k={k}: {steps} steps x batch {batch_size} = {crops} training crops)"
     return text + "."
 
 

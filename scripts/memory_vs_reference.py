@@ -6,8 +6,8 @@ The reference is imported from the given checkout (its ``vesselbridge3d/train.py
 with a random-init transformers ``DINOv3ViTModel`` ViT-S/16 (4 registers) in place of the hub download; our
 ``DINOv3FFA(1, 3)`` uses a random-init timm ViT-S/16 DINOv3. Both: batch 1, 3 classes, ``D x 336 x 336``,
 CPU, one forward + cross-entropy + backward. Each (model, depth) runs in a fresh process so that its peak RSS
-is its own. Columns: saved-for-backward peak (``nnunet_fm.two_pass.saved_tensor_peak``), live-tensor peak
-including parameters (counted at torch's dispatcher, ``step_memory.live_tensor_peak``; torch's MemTracker
+is its own. Columns: saved-for-backward peak (``nnunet_fm.tensor_memory.saved_tensor_peak``), live-tensor peak
+including parameters (counted at torch's dispatcher, ``nnunet_fm.tensor_memory.live_tensor_peak``; torch's MemTracker
 refuses modules called twice in a step and agrees within 1 % where it runs), peak RSS of the process. Not
 part of CI (needs the checkout and ``transformers``); no reference code is copied into this repository.
 """
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| per train step ({args.amp}, batch 1, {SIZE}^2, {NUM_CLASSES} classes, CPU) | {head} |")
     print("|---|" + "---:|" * (2 * len(args.depths)))
     labels = {
-        "saved": "saved-for-backward peak, MiB (`two_pass.saved_tensor_peak`)",
+        "saved": "saved-for-backward peak, MiB (`tensor_memory.saved_tensor_peak`)",
         "live_peak": "live-tensor peak incl. parameters, MiB (dispatcher count)",
         "params": "parameters + buffers, MiB",
         "rss": "peak RSS of the process, MiB",

@@ -8,18 +8,24 @@ a hash of a tiny network's output (seeded init, fixed input, eval mode); per tem
     PYTHONPATH=/path/to/old_package python scripts/model_fingerprint.py > before.json
 
 (an old checkout's package laid out as installed: ``nnunet_fm/`` with ``architectures/``, ``trainers/`` and
-``plans_templates/`` inside it). Works with any checkout that has ``nnunet_fm.plans.build_configuration``.
+``plans_templates/`` inside it). Works with any checkout that has ``nnunet_fm.plans.build_configuration``. The
+tiny networks are the families' tiny test settings, read from this script's own checkout
+(``nnunet_fm/tools/tiny_settings.py``), so that both runs build and feed the same tiny networks.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
+import inspect
 import json
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import torch
 
-TINY_VIT = {"encoder_kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2}}
 PARENT = {
     "data_identifier": "nnUNetPlans_3d_fullres",
     "preprocessor_name": "DefaultPreprocessor",
@@ -39,6 +45,16 @@ PARENT = {
 }
 
 
+def _tiny_settings() -> ModuleType:
+    """``nnunet_fm/tools/tiny_settings.py`` of this checkout (whatever package the networks come from)."""
+    path = Path(__file__).resolve().parents[1] / "nnunet_fm" / "tools" / "tiny_settings.py"
+    spec = importlib.util.spec_from_file_location("_fingerprint_tiny_settings", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def _digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().float().contiguous().numpy().tobytes()).hexdigest()[:16]
 
@@ -55,27 +71,23 @@ def networks() -> dict[str, dict]:
     from nnunet_fm.architectures.dinov3_ffa import DINOv3FFA
     from nnunet_fm.architectures.lightmedseg import LightMedSeg
 
+    #: family -> (network class, its default build: ViT-S/16 encoders with random weights)
     builds = {
-        "dinov3_ffa": (
-            lambda: DINOv3FFA(1, 3),
-            lambda: DINOv3FFA(1, 3, **TINY_VIT, taps=[0, 1, 1], agg_heads=2),
-            (1, 1, 3, 32, 32),
-        ),
-        "dinov3_cube": (
-            lambda: DINOv3Cube(1, 3, [8, 32, 32]),
-            lambda: DINOv3Cube(1, 3, [8, 16, 32], **TINY_VIT, taps=[0, 1], cube_size=[8, 16, 16]),
-            (1, 1, 8, 16, 32),
-        ),
-        "lightmedseg": (lambda: LightMedSeg(4, 4), lambda: LightMedSeg(1, 3), (1, 1, 16, 32, 32)),
+        "dinov3_ffa": (DINOv3FFA, lambda cls: cls(1, 3)),
+        "dinov3_cube": (DINOv3Cube, lambda cls: cls(1, 3, [8, 32, 32])),
+        "lightmedseg": (LightMedSeg, lambda cls: cls(4, 4)),
     }
+    settings = _tiny_settings()
     out = {}
-    for name, (default, tiny, shape) in builds.items():
+    for name, (cls, default) in builds.items():
+        tiny = settings.tiny_settings(name)
+        kwargs = {"patch_size": list(tiny.patch_size)} if "patch_size" in inspect.signature(cls).parameters else {}
         torch.manual_seed(0)
-        net = tiny().eval()
-        x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+        net = cls(tiny.input_channels, tiny.num_classes, **kwargs, **copy.deepcopy(tiny.arch_kwargs)).eval()
+        x = torch.randn((1, tiny.input_channels, *tiny.patch_size), generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             y = net(x)
-        out[name] = {"default": _counts(default()), "tiny": _counts(net), "tiny_output": _digest(y)}
+        out[name] = {"default": _counts(default(cls)), "tiny": _counts(net), "tiny_output": _digest(y)}
     return out
 
 

@@ -16,7 +16,7 @@ extra=("$@")
 export OMP_NUM_THREADS=1 nnUNet_def_n_proc=1
 export nnUNet_raw=$root/nnUNet_raw nnUNet_preprocessed=$root/nnUNet_preprocessed nnUNet_results=$root/nnUNet_results
 .venv/bin/python -c "from pathlib import Path; from nnunet_fm.demo import prepare_dataset; \
-from nnunet_fm.pipeline import Workspace; prepare_dataset(Workspace(Path('$root')))"
+from nnunet_fm.nnunet_commands import Workspace; prepare_dataset(Workspace(Path('$root')))"
 ffa=('encoder_kwargs={"embed_dim":64,"depth":4,"num_heads":2}' 'taps=[1,2,3]' encoder_weights=none agg_heads=2
      inplane_size=64 num_val_iterations_per_epoch=1)
 old=(augmentation=nnunet 'mirror_axes=[0,1,2]' intensity=parent dice_present_classes_only=false)

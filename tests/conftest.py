@@ -7,7 +7,7 @@ import pytest
 
 from nnunet_fm.demo import prepare_dataset
 from nnunet_fm.demo_data import DemoSpec
-from nnunet_fm.pipeline import Workspace
+from nnunet_fm.nnunet_commands import Workspace
 
 TEST_TRAINERS = str(Path(__file__).parent / "ext_trainers")
 TINY_SPEC = DemoSpec(shape=(16, 48, 48), spacing=(1.5, 0.7, 0.7))

@@ -9,7 +9,8 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_fm.hooks.augmentation import AugmentationMixin, reference_transforms
+from nnunet_fm.architectures.dinov3_ffa_augmentation import reference_transforms
+from nnunet_fm.hooks.augmentation import AugmentationMixin
 
 PATCH = (6, 40, 40)
 

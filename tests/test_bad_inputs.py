@@ -223,14 +223,17 @@ CATALOGUE = [
     ("twice-different", [*FFA, "--set", "num_epochs=1", "--set", "num_epochs=2"], ["twice", "keep one"]),
     ("no-equals", [*FFA, "--set", "num_epochs"], ["key=value"]),
     ("patch-breaks-rules", [*FFA, "--set", "patch_size=[8,40,40]", "inplane_size=null"], ["Nearest valid patch"]),
-    ("patch-not-a-list", [*FFA, "--set", "patch_size=64"], ["patch_size must be a JSON list"]),
-    ("batch-zero", [*FFA, "--set", "batch_size=0"], ["batch_size must be a positive int"]),
+    ("patch-not-a-list", [*FFA, "--set", "patch_size=64"], ["patch_size=64", "a JSON list of 3 integers in [1"]),
+    ("patch-2d", [*FFA, "--set", "patch_size=[64,64]"], ["patch_size=[64, 64]", "a JSON list of 3 integers"]),
+    ("batch-zero", [*FFA, "--set", "batch_size=0"], ["batch_size=0", "an integer in [1"]),
+    ("bad-global-patch", [*FFA, "--set", "global_patch=yes"], ['global_patch="yes"', "true or false"]),
+    ("bad-max-depth", [*FFA, "--set", "max_depth=0"], ["max_depth=0", "an integer in [1"]),
     (
         "inplane-not-16",
         [*FFA, "--set", "inplane_size=100"],
         ["inplane_size=100", "not a multiple of 16", "inplane_size=96 or 112"],
     ),
-    ("bad-intensity", [*FFA, "--set", "intensity=raw"], ["intensity='raw'", "affine"]),
+    ("bad-intensity", [*FFA, "--set", "intensity=raw"], ['intensity="raw"', '"parent" or "affine"']),
     (
         "cube-size-breaks",
         [*PLANS, "--template", "dinov3_cube", "--set", "cube_size=[3,16,16]", "patch_size=[16,48,48]"],
@@ -358,5 +361,5 @@ def test_bad_input_names_problem_and_fix_and_changes_nothing(
 
 
 def test_catalogue_size():
-    """The closing note reports this number: 56 distinct bad inputs."""
-    assert len({c[0] for c in CATALOGUE}) == len(CATALOGUE) == 56
+    """The closing note reports this number: 59 distinct bad inputs."""
+    assert len({c[0] for c in CATALOGUE}) == len(CATALOGUE) == 59

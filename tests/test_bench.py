@@ -10,7 +10,7 @@ import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunet_fm.network_contract import count_parameters
+from nnunet_fm.network_interfaces import count_parameters
 from nnunet_fm.tools import bench
 
 torch.set_num_threads(1)

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, sys.argv[1])
 from test_network_contract import build_tiny, tiny_batch
 from nnunet_fm import registry
-from nnunet_fm.network_contract import unwrap
+from nnunet_fm.network_interfaces import unwrap
 
 family = registry.family(sys.argv[2])
 network = build_tiny(family).train()
@@ -116,8 +116,7 @@ def check_report(report: dict) -> None:
     assert abs(report["loss"] - report["loss32"]) < 0.05 * abs(report["loss32"]), report
     assert report["no_grad"] == []
     assert report["nonfinite"] == []
-    # no zero gradient where fp32's is large (small ones may round to zero: LayerScale 1e-6 branches, and one
-    # token per slice in the tiny FFA gives the spatial attention's query no gradient at all)
+    # no zero gradient where fp32's is large (small ones may round to zero: LayerScale 1e-6 branches)
     assert not set(report["zero"]) & set(report["large32"]), report["zero"]
     assert report["large32"]
     assert report["not_sgd"] == []  # the step applied the bf16 step's fp32 gradients

@@ -14,8 +14,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from nnunet_fm.architectures.dinov3_cube import DINOv3Cube
+from nnunet_fm.architectures.dinov3_cube_two_pass import two_pass_step
 from nnunet_fm.architectures.dinov3_ffa import DINOv3FFA
-from nnunet_fm.two_pass import two_pass_step
 
 pytestmark = pytest.mark.e2e
 TINY_ENCODER = {"embed_dim": 32, "depth": 2, "num_heads": 2}

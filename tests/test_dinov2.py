@@ -14,7 +14,7 @@ from nnunet_fm.architectures.dinov3_ffa import DINOv3FFA
 from nnunet_fm.demo import add_plans
 from nnunet_fm.encoders import ENCODER_WEIGHTS_ENV_VAR, FrozenViTEncoder
 from nnunet_fm.errors import UserInputError
-from nnunet_fm.pipeline import train_predict_evaluate
+from nnunet_fm.nnunet_commands import train_predict_evaluate
 from nnunet_fm.plans import build_configuration
 from nnunet_fm.templates import load_template, resolve_patch
 

@@ -8,9 +8,10 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from torch import nn
 
 from nnunet_fm.architectures.dinov3_cube import DINOv3Cube, valid_cube_sizes
+from nnunet_fm.architectures.dinov3_cube_two_pass import SubCubeNetwork, two_pass_step
 from nnunet_fm.encoders import FrozenViTEncoder
-from nnunet_fm.network_contract import SubCubeNetwork, unwrap
-from nnunet_fm.two_pass import saved_tensor_peak, two_pass_step
+from nnunet_fm.network_interfaces import unwrap
+from nnunet_fm.tensor_memory import saved_tensor_peak
 
 TINY = {"encoder_kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2}, "taps": (0, 1)}
 PATCH = [8, 32, 32]

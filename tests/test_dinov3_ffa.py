@@ -12,7 +12,7 @@ from nnunet_fm.architectures.dinov3_ffa import DINOv3FFA
 from nnunet_fm.architectures.ffa_aggregator import PooledSpatialAttention, SliceAttention, rope_1d
 from nnunet_fm.architectures.ffa_blocks import ConvNeXtBlock3d, ConvNeXtPyramid3d, FiLM
 from nnunet_fm.blocks import SqueezeExcite
-from nnunet_fm.two_pass import saved_tensor_peak
+from nnunet_fm.tensor_memory import saved_tensor_peak
 
 torch.set_num_threads(1)
 

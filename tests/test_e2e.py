@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_fm.demo import add_plans
-from nnunet_fm.pipeline import mean_dice, plan_like_source, predict, train_predict_evaluate
+from nnunet_fm.nnunet_commands import mean_dice, plan_like_source, predict, train_predict_evaluate
 
 pytestmark = pytest.mark.e2e
 DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)

@@ -10,7 +10,7 @@ import pytest
 
 from nnunet_fm import errors
 from nnunet_fm.errors import EXIT_BAD_INPUT, UserInputError, install_excepthook
-from nnunet_fm.pipeline import _resolve, run_in_own_group
+from nnunet_fm.nnunet_commands import _resolve, run_in_own_group
 
 DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)
 

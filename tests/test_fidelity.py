@@ -13,8 +13,8 @@ from nnunet_fm.architectures.dinov3_cube import DINOv3Cube
 from nnunet_fm.architectures.dinov3_ffa import DINOv3FFA
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.hooks.crop_sampling import ForegroundOversamplingMixin
+from nnunet_fm.hooks.loss import SliceMaskedLoss
 from nnunet_fm.hooks.optim import warmup_cosine_lr
-from nnunet_fm.hooks.slice_mask import SliceMaskedLoss
 from nnunet_fm.plans import build_configuration, show_configuration
 from nnunet_fm.slice_axis import from_canonical, slice_axis_from_transpose, to_canonical
 from nnunet_fm.templates import budget_formula, describe_templates, load_template
@@ -43,7 +43,7 @@ def test_ffa_configuration_computes_dice_per_sample_even_when_the_parent_pools_i
     assert PlansManager(plans).get_configuration("3d_fm_dinov3_ffa").batch_dice is False
     pooled = build_configuration(plans, load_template("dinov3_ffa"), {"inplane_size": 48, "batch_dice": None})
     assert "batch_dice" not in pooled  # null: the parent's choice
-    with pytest.raises(UserInputError, match="batch_dice must be true, false or null"):
+    with pytest.raises(UserInputError, match='batch_dice="yes" .*expected true or false or null'):
         build_configuration(plans, load_template("dinov3_ffa"), {"batch_dice": "yes"})
 
 
@@ -173,7 +173,7 @@ def test_near_isotropic_dataset_trains_and_predicts_with_axial_slices_and_kept_g
     """Spacing (z, y, x) = (0.6, 0.9, 0.9): nnU-Net transposes y first; the FFA still slices raw axis 0."""
     from nnunet_fm.demo import add_plans, prepare_dataset
     from nnunet_fm.demo_data import DemoSpec
-    from nnunet_fm.pipeline import Workspace, train_predict_evaluate
+    from nnunet_fm.nnunet_commands import Workspace, train_predict_evaluate
 
     ws = Workspace(tmp_path / "nnunet")
     ws.log = ws.root / "commands.log"
@@ -233,7 +233,7 @@ def test_oversampling_is_a_plans_option_and_the_ffa_preset_samples_uniformly():
     assert trainer.applied == 0.0
     listing = describe_templates()
     assert "oversample_foreground_percent = 0.0  [nnUNetTrainerDINOv3FFA default]" in listing
-    assert "oversample_foreground_percent = 0.33  [nnUNetTrainerFMUNet default]" in listing
+    assert "oversample_foreground_percent = 0.33  [nnUNetTrainerUNetFewShot default]" in listing
 
     def forced(batch_size, percent):  # nnU-Net's own rule, on a bare loader
         loader = nnUNetDataLoader.__new__(nnUNetDataLoader)

@@ -30,18 +30,18 @@ SETTINGS = {
 
 
 def _composed(order: str) -> type:
-    """nnUNetTrainerFMUNet's hooks listed in their own order or reversed, as a new trainer class."""
+    """nnUNetTrainerUNetFewShot's hooks listed in their own order or reversed, as a new trainer class."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunet_fm.ext_trainers.nnunet_fm_trainers import nnUNetTrainerFMUNet
+    from nnunet_fm.ext_trainers.nnunet_fm_trainers import nnUNetTrainerUNetFewShot
     from nnunet_fm.trainers.base import nnUNetTrainerFMBase
 
     hooks = [b for b in nnUNetTrainerFMBase.__bases__ if b is not nnUNetTrainer]
     assert len(hooks) > 10
     if order == "reversed":
         hooks.reverse()
-    body = {"fm_defaults": nnUNetTrainerFMUNet.fm_defaults, "__module__": __name__}
-    return type(f"nnUNetTrainerFMUNetHooks{order.title()}", (*hooks, nnUNetTrainer), body)
+    body = {"fm_defaults": nnUNetTrainerUNetFewShot.fm_defaults, "__module__": __name__}
+    return type(f"nnUNetTrainerUNetFewShotHooks{order.title()}", (*hooks, nnUNetTrainer), body)
 
 
 def _first_step(nnunet_env, order: str) -> dict:

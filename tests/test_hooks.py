@@ -13,11 +13,11 @@ from nnunet_fm.file_names import FEWSHOT_RECORD_NAME as RECORD_NAME
 from nnunet_fm.hooks.class_balance import class_weights
 from nnunet_fm.hooks.class_counts import class_frequencies, label_counts
 from nnunet_fm.hooks.few_shot import FewShotMixin, choose_cases
+from nnunet_fm.hooks.loss import SliceMaskedLoss
 from nnunet_fm.hooks.optim import warmup_cosine_lr
 from nnunet_fm.hooks.patch_filter import ForegroundFilteredBatches, foreground_fraction
 from nnunet_fm.hooks.prior_bias import set_prior_bias
-from nnunet_fm.hooks.slice_mask import SliceMaskedLoss
-from nnunet_fm.network_contract import output_heads
+from nnunet_fm.network_interfaces import output_heads
 
 
 def test_mfb_weights_for_known_histogram():
@@ -184,7 +184,7 @@ def test_compile_follows_nnunet_compile_when_set(monkeypatch):
 
 
 def test_present_class_dice_averages_over_present_pairs_only():
-    from nnunet_fm.hooks.slice_mask import PresentClassSoftDiceLoss
+    from nnunet_fm.hooks.loss import PresentClassSoftDiceLoss
 
     probs = torch.zeros(2, 3, 1, 2, 2)
     target = torch.zeros(2, 1, 1, 2, 2, dtype=torch.long)

@@ -17,7 +17,7 @@ UPPER_LAYERS = (
     "nnunet_fm.cli",
     "nnunet_fm.templates",
     "nnunet_fm.plans",
-    "nnunet_fm.pipeline",
+    "nnunet_fm.nnunet_commands",
     "nnunet_fm.demo",
     "nnunet_fm.experiment",
     "nnunet_fm.doctor",

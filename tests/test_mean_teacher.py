@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from nnunet_fm.errors import UserInputError
+from nnunet_fm.hooks.loss import SliceMaskedLoss
 from nnunet_fm.hooks.mean_teacher import (
     MeanTeacherMixin,
     consistency_loss,
@@ -23,7 +24,6 @@ from nnunet_fm.hooks.mean_teacher import (
 )
 from nnunet_fm.hooks.mean_teacher_loader import MeanTeacherDataLoader, labelled_batch_size
 from nnunet_fm.hooks.mean_teacher_weights import CHECKPOINT_KEY, switch_checkpoint_weights, switch_model_weights
-from nnunet_fm.hooks.slice_mask import SliceMaskedLoss
 from nnunet_fm.unlabelled import add_unlabelled
 
 DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)
@@ -302,15 +302,15 @@ def _data_loader(augmenter):
 
 
 def _fm_unet_trainer(nnunet_env, name: str, settings: dict):
-    """nnUNetTrainerFMUNet on the fixture's dataset for a new configuration ``name`` with ``settings`` (fold 0)."""
-    from nnunet_fm.ext_trainers.nnunet_fm_trainers import nnUNetTrainerFMUNet
+    """nnUNetTrainerUNetFewShot on the fixture's dataset for a new configuration ``name`` with ``settings`` (fold 0)."""
+    from nnunet_fm.ext_trainers.nnunet_fm_trainers import nnUNetTrainerUNetFewShot
     from nnunet_fm.plans import add_configuration
 
     add_configuration(DATASET_ID, "unet_fewshot", name=name, overrides=settings)
     folder = nnunet_env.preprocessed / nnunet_env.dataset_folder(DATASET_ID).name
     plans = {**json.loads((folder / "nnUNetPlans.json").read_text()), "continue_training": False}
     dataset_json = json.loads((folder / "dataset.json").read_text())
-    return nnUNetTrainerFMUNet(plans, name, 0, dataset_json, torch.device("cpu"))
+    return nnUNetTrainerUNetFewShot(plans, name, 0, dataset_json, torch.device("cpu"))
 
 
 def _loaded(trainer, network_weights: dict, expected: dict) -> set:
@@ -443,7 +443,7 @@ def _step_with_and_without_unlabelled_rows(nnunet_env):
 @pytest.mark.slow
 def test_mean_teacher_through_stock_commands_on_a_dataset_with_unlabelled_cases(planned_workspace, tmp_path):
     from nnunet_fm.demo import add_plans
-    from nnunet_fm.pipeline import Workspace, plan_and_preprocess, predict
+    from nnunet_fm.nnunet_commands import Workspace, plan_and_preprocess, predict
 
     ws = Workspace(tmp_path / "semi", extra_trainer_folders=planned_workspace.extra_trainer_folders)
     folder = ws.raw / "Dataset779_Semi"
@@ -470,19 +470,19 @@ def test_mean_teacher_through_stock_commands_on_a_dataset_with_unlabelled_cases(
         configuration,
         "all",
         "-tr",
-        "nnUNetTrainerFMUNet",
+        "nnUNetTrainerUNetFewShot",
         "-device",
         "cpu",
         extra_env={"nnUNet_n_proc_DA": "0"},
     )
-    fold = ws.results / folder.name / f"nnUNetTrainerFMUNet__nnUNetPlans__{configuration}" / "fold_all"
+    fold = ws.results / folder.name / f"nnUNetTrainerUNetFewShot__nnUNetPlans__{configuration}" / "fold_all"
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert "Mean Teacher: 5 labelled + 2 unlabelled training case(s); each batch of 4: 2 unlabelled + 2 labelled" in log
     checkpoint = torch.load(fold / "checkpoint_final.pth", weights_only=False)
     assert (
         checkpoint[CHECKPOINT_KEY]["network_weights_are"] == "student" and checkpoint[CHECKPOINT_KEY]["ema_step"] == 4
     )
-    out = predict(ws, 779, configuration, "nnUNetTrainerFMUNet", "all", tmp_path / "predictions")
+    out = predict(ws, 779, configuration, "nnUNetTrainerUNetFewShot", "all", tmp_path / "predictions")
     predictions = sorted(out.glob("*.nii.gz"))
     assert len(predictions) == 2
     assert all(set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(p))))) <= {0, 1, 2} for p in predictions)

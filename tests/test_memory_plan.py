@@ -10,7 +10,7 @@ import torch
 
 from nnunet_fm.architectures.dinov3_ffa import DINOv3FFA
 from nnunet_fm.memory_plan import MemoryProfile, choose_geometry, estimate, measure_profile
-from nnunet_fm.tools.step_memory import live_tensor_peak
+from nnunet_fm.tensor_memory import live_tensor_peak
 
 MIB = 2**20
 DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)

@@ -1,9 +1,10 @@
 """Contract over every registered model family (in the spirit of timm's tests/test_models.py).
 
-Network side, for every family with its own network, built with the registry's tiny settings through the path
-trainers take (``PlansNetworkMixin.build_network_architecture`` on a plans-style configuration): forward and
-backward on CPU, output ``[B, classes, *patch]`` as one tensor (no deep supervision), the frozen encoder gets no
-gradient and every trainable parameter does, and ``torch.compile`` gives the same forward and gradients.
+Network side, for every family with its own network, built with its tiny settings (``nnunet_fm.tools.tiny_settings``,
+one entry per registered family) through the path trainers take (``PlansNetworkMixin.build_network_architecture``
+on a plans-style configuration): forward and backward on CPU, output ``[B, classes, *patch]`` as one tensor (no
+deep supervision), the frozen encoder gets no gradient and every trainable parameter does, and ``torch.compile``
+gives the same forward and gradients.
 Registry side: every registered trainer resolves through nnU-Net's own lookup, and the shim, ``plans list``,
 the templates, the benchmark and ``doctor`` follow the registry (a family added to it appears in all of them).
 """
@@ -29,9 +30,10 @@ from nnunet_fm import doctor, registry
 from nnunet_fm.environment import EXT_TRAINER_VARIABLE, shim_folder
 from nnunet_fm.errors import UserInputError
 from nnunet_fm.ext_trainers import nnunet_fm_trainers
-from nnunet_fm.network_contract import FrozenEncoder, unwrap
+from nnunet_fm.network_interfaces import FrozenEncoder, unwrap
 from nnunet_fm.templates import describe_templates, load_template, template_for_trainer, template_names, trainer_class
 from nnunet_fm.tools import bench
+from nnunet_fm.tools.tiny_settings import TINY, tiny_settings
 from nnunet_fm.trainers.lightmedseg import nnUNetTrainerLightMedSeg
 
 NETWORK_FAMILIES = [f for f in registry.families() if f.network is not None]
@@ -46,7 +48,7 @@ def _ids(family: registry.Family) -> str:
 
 def build_tiny(family: registry.Family) -> nn.Module:
     """The family's network at its tiny settings, built by its main trainer from a plans-style configuration."""
-    tiny = family.tiny
+    tiny = tiny_settings(family.name)
     configuration = {
         "patch_size": list(tiny.patch_size),
         "batch_size": tiny.batch_size,
@@ -67,7 +69,8 @@ def build_tiny(family: registry.Family) -> nn.Module:
 
 
 def tiny_batch(family: registry.Family) -> tuple[torch.Tensor, torch.Tensor]:
-    tiny = family.tiny
+    """A seeded random batch (input, labels) of the family's tiny settings."""
+    tiny = tiny_settings(family.name)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(tiny.batch_size, tiny.input_channels, *tiny.patch_size, generator=g)
     return x, torch.randint(0, tiny.num_classes, (tiny.batch_size, *tiny.patch_size), generator=g)
@@ -94,7 +97,8 @@ def test_network_forward_backward_contract(family: registry.Family) -> None:
 
     # deep supervision off: one full-resolution float32 tensor, not a list of scales
     assert isinstance(out, torch.Tensor)
-    assert tuple(out.shape) == (family.tiny.batch_size, family.tiny.num_classes, *family.tiny.patch_size)
+    tiny = tiny_settings(family.name)
+    assert tuple(out.shape) == (tiny.batch_size, tiny.num_classes, *tiny.patch_size)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert getattr(getattr(network, "decoder", None), "deep_supervision", False) is False
 
@@ -195,11 +199,20 @@ def test_families_agree_with_their_trainers_and_templates() -> None:
             assert issubclass(family.trainer_class(name), main)
             assert template_for_trainer(name) == (family.template, name)
             assert trainer_class(name) is family.trainer_class(name)
-    assert template_for_trainer("nnUNetTrainer") == ("unet_fewshot", "nnUNetTrainerFMUNet")
+    assert template_for_trainer("nnUNetTrainer") == ("unet_fewshot", "nnUNetTrainerUNetFewShot")
     with pytest.raises(UserInputError, match="No template trains 'nnUNetTrainerNope'.*nnUNetTrainerDINOv3FFA_1shot"):
         template_for_trainer("nnUNetTrainerNope")
     with pytest.raises(UserInputError, match="'nnUNetTrainerNope' is not a plugin trainer"):
         trainer_class("nnUNetTrainerNope")
+
+
+def test_every_family_has_tiny_settings_and_no_other_name_has() -> None:
+    """The tiny settings are stated once, in ``nnunet_fm/tools/tiny_settings.py``: one entry per registered family."""
+    families = {f.name for f in registry.families()}
+    assert not families - set(TINY), f"registered families without tiny settings: {sorted(families - set(TINY))}"
+    assert not set(TINY) - families, f"tiny settings of no registered family: {sorted(set(TINY) - families)}"
+    with pytest.raises(KeyError, match=r"'new_family' has no tiny test settings: add them to .*tiny_settings.TINY"):
+        tiny_settings("new_family")
 
 
 def test_plans_list_and_bench_follow_the_registry() -> None:
@@ -207,12 +220,22 @@ def test_plans_list_and_bench_follow_the_registry() -> None:
     for family in registry.families():
         assert any(line.startswith(f"{family.template}: ") for line in listing)
         assert any(line.endswith(f"trainer: {family.trainer}") for line in listing)
-    rows = [(row.key, row.label, row.encoder) for f in registry.families() for row in f.bench]
-    assert [(key, *bench.MODELS[key]) for key in bench.MODELS] == rows
+    assert [(row.key, row.label, row.encoder) for row in bench.BENCH_MODELS] == [
+        (k, *v) for k, v in bench.MODELS.items()
+    ]
     assert set(bench.DEFAULT_MODELS) <= set(bench.MODELS)
-    for key, (family, row) in registry.bench_models().items():
-        assert bench.TRAINERS[key] == (row.trainer or family.trainer)
-        assert bench.NETWORK_CLASSES.get(key) == family.network
+    # the reference row is stock nnU-Net, no plugin family; every other row measures a registered family
+    [stock] = [row for row in bench.BENCH_MODELS if row.family is None]
+    assert stock.key == bench.STOCK and bench.TRAINERS[stock.key] == "nnUNetTrainer" == bench.STOCK_TRAINER
+    assert bench.STOCK not in bench.NETWORK_CLASSES  # nnU-Net's own network, from the plans or its planner
+    for row in bench.BENCH_MODELS:
+        if row.family is not None:
+            family = registry.family(row.family)
+            assert bench.TRAINERS[row.key] == family.trainer
+            assert bench.NETWORK_CLASSES.get(row.key) == family.network
+    # every family with a network of its own has a row
+    benched = {row.family for row in bench.BENCH_MODELS}
+    assert {f.name for f in NETWORK_FAMILIES} <= benched
 
 
 class nnUNetTrainerNewFamily(nnUNetTrainerLightMedSeg):
@@ -224,9 +247,13 @@ def test_a_family_is_declared_by_its_template_alone() -> None:
     raw = json.loads((Path(registry.__file__).parents[1] / "plans_templates" / "dinov3_ffa.json").read_text())
     ffa = registry._family_from_template("dinov3_ffa", raw)
     assert ffa == registry.family("dinov3_ffa")
-    assert ffa.trainers[0] == raw["trainer"] and ffa.tiny.patch_size == (2, 16, 16)
+    assert ffa.trainers[0] == raw["trainer"] and ffa.trainers[1:] == tuple(raw["family"]["variants"])
     with pytest.raises(ValueError, match=r"plans_templates/new_family.json has no 'family' block"):
         registry._family_from_template("new_family", {k: v for k, v in raw.items() if k != "family"})
+    # test and benchmark data are not part of it: a stale 'tiny' block is refused, naming where it goes
+    stale = {**raw, "family": {**raw["family"], "tiny": {"patch_size": [2, 16, 16]}}}
+    with pytest.raises(ValueError, match=r"unknown 'family' keys \['tiny'\].*nnunet_fm/tools/tiny_settings.py"):
+        registry._family_from_template("dinov3_ffa", stale)
 
 
 def test_a_family_added_to_the_registry_appears_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from nnunet_fm import registry
 from nnunet_fm.cli import main
 from nnunet_fm.errors import UserInputError
-from nnunet_fm.plans import add_configuration, parse_assignments
+from nnunet_fm.plans import add_configuration, build_configuration, parse_assignments, slicing_summary
 from nnunet_fm.templates import describe_templates, load_template, resolve_patch, template_names
 
 DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)
@@ -238,3 +239,32 @@ def test_cube_global_mode_predicts_a_median_case_in_one_window_and_patch_mode_st
     assert local.patch_size == [8, 32, 32]
     steps = compute_steps_for_sliding_window(median, local.patch_size, 0.5)
     assert np.prod([len(s) for s in steps]) > 1  # the previous behaviour: cubes tile a sliding patch
+
+
+def test_structural_keys_are_listed_and_checked_like_options(monkeypatch):
+    listing = describe_templates()
+    assert 'intensity = "affine"  [template dinov3_ffa]' in listing
+    assert "max_depth = 64  [plans add default]" in listing
+    assert "batch_size = null  [plans add default]  # Batch size. null: the parent's." in listing
+    assert load_template("dinov3_ffa").structural_values()["inplane_size"] == 336
+    raw = registry.read_template("dinov3_ffa")
+    monkeypatch.setattr(registry, "read_template", lambda name: {**raw, "max_depth": 0})
+    with pytest.raises(UserInputError, match=r"max_depth=0 \(template dinov3_ffa\) is not valid"):
+        load_template("dinov3_ffa")
+
+
+def test_null_batch_size_and_batch_dice_keep_the_parents(nnunet_env):
+    plans = json.loads(_plans_file(nnunet_env).read_text())
+    parent = plans["configurations"]["3d_fullres"]
+    template = load_template("dinov3_cube")
+    assert build_configuration(plans, template, {})["batch_size"] == 2  # the template's
+    config = build_configuration(plans, template, {"batch_size": None, "batch_dice": None})
+    assert config["batch_size"] == parent["batch_size"] and "batch_dice" not in config
+
+
+def test_slicing_summary_reports_the_effective_slice_axis():
+    assert "patch axis 1 = raw image axis 0 (axial slices; transpose_forward [1, 0, 2])" in slicing_summary(
+        [1, 0, 2], 1
+    )
+    assert "NOT the axial slices" in slicing_summary([1, 0, 2], 0)
+    assert slicing_summary([1, 0, 2], None).startswith("slices: per-slice loss mask along patch axis 1 = raw image")

@@ -11,7 +11,7 @@ import pytest
 
 from nnunet_fm.demo import add_plans
 from nnunet_fm.hooks.optim import warmup_cosine_lr
-from nnunet_fm.pipeline import _resolve
+from nnunet_fm.nnunet_commands import _resolve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)

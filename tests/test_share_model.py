@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from nnunet_fm.demo import add_plans
 from nnunet_fm.encoders import FrozenViTEncoder
-from nnunet_fm.pipeline import Workspace, predict
+from nnunet_fm.nnunet_commands import Workspace, predict
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)

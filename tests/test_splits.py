@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from nnunet_fm.hooks.splits import few_case_note, leave_one_out_splits
-from nnunet_fm.pipeline import Workspace
+from nnunet_fm.nnunet_commands import Workspace
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +25,7 @@ def test_leave_one_out_splits_and_notes():
 def three_case_workspace(planned_workspace, tmp_path_factory):
     """The fixture dataset cut to 3 training cases (dataset 961), planned and preprocessed by stock nnU-Net."""
     from nnunet_fm.demo import add_plans
-    from nnunet_fm.pipeline import plan_and_preprocess
+    from nnunet_fm.nnunet_commands import plan_and_preprocess
 
     ws = Workspace(tmp_path_factory.mktemp("three"), extra_trainer_folders=planned_workspace.extra_trainer_folders)
     source = planned_workspace.dataset_folder(951)

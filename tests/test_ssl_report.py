@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from nnunet_fm.pipeline import Workspace
+from nnunet_fm.nnunet_commands import Workspace
 from nnunet_fm.tools.ssl_report import METHODS, finished_records, main, summarise, to_markdown
 
 
@@ -103,7 +103,7 @@ def test_ablate_trains_one_configuration_with_the_report_schedule_and_records_it
     assert calls == [
         (
             925,
-            "nnUNetTrainerFMUNet",
+            "nnUNetTrainerUNetFewShot",
             [
                 "num_epochs=4",
                 "num_iterations_per_epoch=10",

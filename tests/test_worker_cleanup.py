@@ -91,7 +91,7 @@ def test_stock_behaviour_orphans_the_workers():
 def test_pipeline_stops_the_whole_process_group_when_interrupted(tmp_path):
     """`nnunet-fm experiment` / the reports run nnU-Net commands through Workspace.run: interrupting them must
     take the command and everything it started down too."""
-    from nnunet_fm.pipeline import _stop_group
+    from nnunet_fm.nnunet_commands import _stop_group
 
     child = tmp_path / "child.pid"
     command = [

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from nnunet_fm.architectures.dinov3_cube_two_pass import two_pass_step
 from nnunet_fm.hooks.extension_points import Contribution
 from nnunet_fm.options import Option
 from nnunet_fm.trainers.base import nnUNetTrainerFMFrozenEncoder
-from nnunet_fm.two_pass import two_pass_step
 
 
 class nnUNetTrainerDINOv3Cube(nnUNetTrainerFMFrozenEncoder):
@@ -42,6 +42,7 @@ class nnUNetTrainerDINOv3Cube(nnUNetTrainerFMFrozenEncoder):
         return bool(self.fm_option("two_pass"))
 
     def fm_two_pass_step(self, data: torch.Tensor, target) -> torch.Tensor:
-        """The exact two-pass step (:func:`nnunet_fm.two_pass.two_pass_step`) under the trainer's autocast."""
+        """The exact two-pass step (:func:`~nnunet_fm.architectures.dinov3_cube_two_pass.two_pass_step`) under the
+        trainer's autocast."""
         with self.fm_autocast():
             return two_pass_step(self.network, data, target, self.loss, scale_loss=self.scale_loss)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nnunet_fm.architectures.lightmedseg_loss import DiceCEBoundaryLoss
-from nnunet_fm.hooks.slice_mask import MASK_VALUE, SliceMaskedLoss
+from nnunet_fm.hooks.loss import MASK_VALUE, SliceMaskedLoss
 from nnunet_fm.options import Option
 from nnunet_fm.slice_axis import configured_slice_axis
 from nnunet_fm.trainers.base import nnUNetTrainerFMAdamW

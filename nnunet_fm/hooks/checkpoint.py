@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nnunet_fm.atomic_io import atomic_torch_save
 from nnunet_fm.hooks.extension_points import contributions
-from nnunet_fm.network_contract import unwrap
+from nnunet_fm.network_interfaces import unwrap
 
 
 class AtomicCheckpointMixin:

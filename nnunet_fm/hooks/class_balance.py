@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from nnunet_fm.hooks.class_counts import ClassCountsMixin, class_frequencies
-from nnunet_fm.hooks.slice_mask import SliceMaskedLoss
+from nnunet_fm.hooks.loss import SliceMaskedLoss
 from nnunet_fm.options import Option
 from nnunet_fm.slice_axis import configured_slice_axis
 

@@ -17,12 +17,11 @@ patches (``labeled_bs`` 2 of a batch of 4, l. 51, where the fully supervised scr
 ``code/train_fully_supervised_3D.py`` l. 40: ``unlabelled_on_top`` grows nnU-Net's batch to
 ``batch / (1 - unlabelled_fraction)``, so a step sees as many labelled patches as without Mean Teacher), the
 student on the clean patch and the teacher on the patch plus Gaussian noise of std 0.1 clipped to +-0.2
-(l. 140-144), and ``nnUNetv2_predict`` uses the student, which SSL4MIS validates and saves (l. 214): with the EMA's
-true average over the first 1/(1-decay) steps, a short run ends with a teacher close to the mean of the whole
-trajectory (measured on the demo data: documentation/semi_supervised.md, ``predict_with``). ``predict_with:
-teacher`` (or ``nnunet-fm predict-with teacher``) for long runs, where the original Mean Teacher reports the EMA
-model as the better one. Deviation, an option: the consistency term covers
-labelled patches too (SSL4MIS: the unlabelled half only, l. 157), as the original Mean Teacher does.
+(l. 140-144), and ``nnUNetv2_predict`` uses the student, which SSL4MIS validates and saves (l. 214); ``predict_with:
+teacher`` (or ``nnunet-fm predict-with teacher``) predicts with the EMA model, which the original Mean Teacher reports
+as the better one after long runs (why not by default: documentation/semi_supervised.md, ``predict_with``).
+Deviation, an option: the consistency term covers labelled patches too (SSL4MIS: the unlabelled half only, l. 157),
+as the original Mean Teacher does.
 
 The teacher is a dict of EMA tensors of the *trainable* parameters, swapped into the network for a no-grad
 pass: frozen encoders are shared, never copied. Checkpoints keep nnU-Net's format with the weights prediction
@@ -234,7 +233,7 @@ class MeanTeacherMixin:
 
     # ---- training -----------------------------------------------------------------------------------------
     def _fm_trainable(self) -> dict[str, torch.nn.Parameter]:
-        from nnunet_fm.network_contract import unwrap
+        from nnunet_fm.network_interfaces import unwrap
 
         return {n: p for n, p in unwrap(self.network).named_parameters() if p.requires_grad}
 
@@ -246,7 +245,7 @@ class MeanTeacherMixin:
         ``named_parameters`` names it once; a checkpoint whose keys for one parameter disagree loads whichever
         comes last. Aliases share storage, so saving them costs nothing.
         """
-        from nnunet_fm.network_contract import unwrap
+        from nnunet_fm.network_interfaces import unwrap
 
         trainable = {id(p) for p in self._fm_trainable().values()}
         state = unwrap(self.network).state_dict(keep_vars=True)

@@ -37,10 +37,9 @@ class MeanTeacherDataLoader(nnUNetDataLoader):
 
     Foreground oversampling applies to the labelled part exactly as nnU-Net applies it to a batch of that size
     (oversampling an all-ignore case would only crop it at random). With nnU-Net's independent draws the split is
-    binomial and the oversampled last slot lands on an unlabelled patch half of the time: on the demo data that
-    halved the labelled foreground-centred patches, and the thin vein class was not learned in 100 steps where the
-    same run without unlabelled patches learned it (BENCHMARKS.md, semi-supervised section). SSL4MIS fixes the
-    split the same way (``TwoStreamBatchSampler``).
+    binomial and the oversampled last slot lands on an unlabelled patch half of the time, halving the labelled
+    foreground-centred patches (its effect on the demo data: BENCHMARKS.md, "Four Mean Teacher defects the
+    measurement found"). SSL4MIS fixes the split the same way (``TwoStreamBatchSampler``).
     """
 
     def __init__(

@@ -10,7 +10,7 @@ from torch import nn
 
 from nnunet_fm import registry
 from nnunet_fm.errors import UserInputError
-from nnunet_fm.network_contract import FrozenEncoderNetwork, count_parameters, unwrap
+from nnunet_fm.network_interfaces import FrozenEncoderNetwork, count_parameters, unwrap
 from nnunet_fm.options import Option
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nnunet_fm.hooks.slice_mask import foreground_mask
+from nnunet_fm.hooks.loss import foreground_mask
 from nnunet_fm.options import Option
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from nnunet_fm.hooks.class_counts import ClassCountsMixin, class_frequencies
-from nnunet_fm.network_contract import output_heads
+from nnunet_fm.network_interfaces import output_heads
 from nnunet_fm.options import Option
 
 

@@ -7,7 +7,7 @@ import contextlib
 import torch
 
 from nnunet_fm.hooks.extension_points import Contribution, ExtensionPointsMixin
-from nnunet_fm.network_contract import unwrap
+from nnunet_fm.network_interfaces import unwrap
 from nnunet_fm.options import Option
 from nnunet_fm.precision import bf16_supported
 

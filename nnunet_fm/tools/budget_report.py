@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 from nnunet_fm.demo import DEMO_DATASET_ID, FLAGSHIP, add_plans, prepare_dataset
-from nnunet_fm.pipeline import Workspace
+from nnunet_fm.nnunet_commands import Workspace
 
 SHORT_NNUNET_EPOCH = ["num_iterations_per_epoch=25", "num_val_iterations_per_epoch=5"]
 NNUNET_ITERATIONS = 250 + 50  # training + validation iterations of nnU-Net's epoch

@@ -30,6 +30,7 @@ from typing import Any
 
 from nnunet_fm.demo_data import DemoSpec
 from nnunet_fm.errors import UserInputError, report
+from nnunet_fm.tools.tiny_settings import tiny_settings
 
 #: a measured training peak may exceed the estimate by this fraction before the check fails
 MEMORY_TOLERANCE = 0.20
@@ -288,10 +289,11 @@ def _result(output: str) -> dict:
 def family_settings(family: Any, mode: Mode) -> dict[str, Any]:
     """``plans add --set`` values of ``family``: a random-weight encoder and ``mode``'s iteration budget, plus the
     family's tiny test settings in a dry run."""
+    tiny = tiny_settings(family.name)
     settings: dict[str, Any] = {}
     if mode.tiny:
-        settings.update({**family.tiny.arch_kwargs, **family.tiny.plans_overrides})
-    elif "encoder_weights" in family.tiny.plans_overrides:
+        settings.update({**tiny.arch_kwargs, **tiny.plans_overrides})
+    elif "encoder_weights" in tiny.plans_overrides:
         settings["encoder_weights"] = "none"
     settings.update(num_epochs=1, num_iterations_per_epoch=mode.iterations, num_val_iterations_per_epoch=1)
     return settings
@@ -372,7 +374,7 @@ def check_family(ws: Any, family: Any, mode: Mode, device: str, row: Row) -> Non
 def run_check(workdir: Path, dry_run: bool, names: list[str] | None = None) -> tuple[list[Row], str]:
     """Run the check for ``names`` (default: every family); its rows and the device ("cuda" or "cpu")."""
     from nnunet_fm import registry
-    from nnunet_fm.pipeline import Workspace
+    from nnunet_fm.nnunet_commands import Workspace
 
     families = registry.families()
     known = [f.name for f in families]

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnunet_fm.architectures.lightmedseg import LightMedSeg
-from nnunet_fm.network_contract import count_parameters
+from nnunet_fm.network_interfaces import count_parameters
 from nnunet_fm.tools.report import markdown_table
 
 

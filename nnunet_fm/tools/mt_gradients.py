@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-d", "--dataset", required=True, help="dataset id or name")
     parser.add_argument("-c", "--configuration", required=True)
     parser.add_argument("-f", "--fold", default="all")
-    parser.add_argument("-tr", "--trainer", default="nnUNetTrainerFMUNet")
+    parser.add_argument("-tr", "--trainer", default="nnUNetTrainerUNetFewShot")
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--weight", type=float, default=None, help="consistency weight (default: the plans')")
     parser.add_argument("--class-shares", type=int, metavar="N", help="label shares of N batches' labelled patches")

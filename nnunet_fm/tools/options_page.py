@@ -4,14 +4,16 @@
     python -m nnunet_fm.tools.options_page --check    # exit 1 when the committed page differs
 
 The page is built from :func:`nnunet_fm.templates.describe_templates`, the text ``plans list`` prints: one section
-per template, its summary lines verbatim, its option lines as tables (option, default, set by, meaning, accepted
-values). A line the table parser does not recognise is kept verbatim in a text block, so nothing ``plans list``
-prints is dropped.
+per template, its summary lines verbatim, its structural keys and options as tables (option, default, set by,
+meaning, accepted values). A line the table parser does not recognise is kept verbatim in a text block, so nothing
+``plans list`` prints is dropped. A last section lists the structural keys' declarations
+(:data:`nnunet_fm.templates.STRUCTURAL_OPTIONS`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -23,8 +25,7 @@ REGENERATE = "python -m nnunet_fm.tools.options_page"
 
 # ``format_options``: "    name = <json>  [source]  # help (accepted values)"
 _OPTION_LINE = re.compile(r"^    (?P<name>\S+) = (?P<value>.*?)  \[(?P<source>[^\]]*)\]  # (?P<rest>.*)$")
-_GROUP_LINE = re.compile(r"^  (?P<kind>trainer|network) options \((?P<what>.*)\):$")
-_STRUCTURAL_PREFIX = "Structural keys for --set:"
+_GROUP_LINE = re.compile(r"^  (?P<kind>trainer options|network options|structural keys) \((?P<what>.*)\):$")
 
 
 def _cell(text: str) -> str:
@@ -70,8 +71,8 @@ def _template_section(block: list[str]) -> list[str]:
         group, option = _GROUP_LINE.match(line), _OPTION_LINE.match(line)
         if group:
             flush()
-            title = "Trainer options" if group["kind"] == "trainer" else "Network options"
-            out.extend([f"### {name}: {title.lower()}", "", f"{title} ({group['what']}).", ""])
+            title = group["kind"].capitalize()
+            out.extend([f"### {name}: {group['kind']}", "", f"{title} ({group['what']}).", ""])
         elif option:
             meaning, values = _split_values(option["rest"])
             rows.append(
@@ -86,16 +87,19 @@ def _template_section(block: list[str]) -> list[str]:
     return out
 
 
-def _structural_section(line: str) -> list[str]:
-    """The structural keys (``--set`` keys that are not options) as a table."""
-    from nnunet_fm.templates import STRUCTURAL_KEYS
+def _structural_section() -> list[str]:
+    """The structural keys' declarations (default, meaning, accepted values) as a table."""
+    from nnunet_fm.templates import STRUCTURAL_OPTIONS
 
-    intro = "Keys `--set` accepts besides the options above (`plans add` applies them itself):"
-    out = ["## Structural keys", "", intro, ""]
-    if line.strip() != _STRUCTURAL_PREFIX + " " + "; ".join(f"{k}: {v}" for k, v in STRUCTURAL_KEYS.items()):
-        return out + _text_block([line])
-    out += ["| key | meaning |", "|---|---|"]
-    out += [f"| `{key}` | {_cell(text)} |" for key, text in STRUCTURAL_KEYS.items()]
+    intro = (
+        "Keys every template has, which `plans add` applies itself (geometry, batch, preprocessing); set them with "
+        "`--set` like options. Each template's values are in its section above."
+    )
+    out = ["## Structural keys", "", intro, "", "| key | default | meaning | accepted values |", "|---|---|---|---|"]
+    out += [
+        f"| `{o.name}` | `{_cell(json.dumps(o.default))}` | {_cell(o.help)} | {_cell(o.describe_values())} |"
+        for o in STRUCTURAL_OPTIONS.values()
+    ]
     return out + [""]
 
 
@@ -112,10 +116,9 @@ def render_options_page() -> str:
         if head in names:
             found.append(head)
             sections += _template_section(block)
-        elif len(block) == 1 and block[0].startswith(_STRUCTURAL_PREFIX):
-            sections += _structural_section(block[0])
         else:
             sections += _text_block(block)
+    sections += _structural_section()
     header = [
         "# Plans options (generated)",
         "",

@@ -15,7 +15,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric
     return "\n".join(lines)
 
 
-#: score-record keys of the vessel metrics beside Dice (``vessel_metrics.summary_scores``)
+#: score-record keys of the vessel metrics beside Dice (``evaluate_command.summary_scores``)
 BINARY_CLDICE, PER_CLASS_CLDICE, BINARY_BETTI0 = "binary_cldice", "per_class_cldice", "binary_betti0_error"
 
 

@@ -6,11 +6,11 @@
    cases are unlabelled);
 2. ``nnunet-fm pseudolabel`` on the unlabelled cases -> a new dataset with the ignore label; the kept
    pseudo-labels are scored against the true labels the demo hid from them;
-3. the new dataset planned with the source dataset's plans (``pipeline.plan_like_source``) and, for
+3. the new dataset planned with the source dataset's plans (``nnunet_commands.plan_like_source``) and, for
    comparison, planned from scratch by stock ``nnUNetv2_plan_and_preprocess``;
-4. a 3D segmenter (default nnUNetTrainerFMUNet) trained on the K labelled cases only (fold 0, the fair
+4. a 3D segmenter (default nnUNetTrainerUNetFewShot) trained on the K labelled cases only (fold 0, the fair
    baseline) and re-trained on labelled + pseudo-labelled cases (fold ``all``: every labelled case is used);
-5. everything evaluated on the demo test set: Dice, clDice and Betti-0 error (``nnunet_fm.vessel_metrics``).
+5. everything evaluated on the demo test set: Dice, clDice and Betti-0 error (``nnunet_fm.evaluate_command``).
    Prints a Markdown table, writes ``sfr_report.json``/``.md``.
 """
 
@@ -28,7 +28,7 @@ import SimpleITK as sitk
 from nnunet_fm.atomic_io import atomic_write_json, atomic_write_text
 from nnunet_fm.demo import FLAGSHIP, add_plans, prepare_dataset
 from nnunet_fm.file_names import MANIFEST_NAME
-from nnunet_fm.pipeline import Workspace, plan_and_preprocess, plan_like_source, train_predict_evaluate
+from nnunet_fm.nnunet_commands import Workspace, plan_and_preprocess, plan_like_source, train_predict_evaluate
 from nnunet_fm.templates import template_for_trainer
 from nnunet_fm.tools.report import markdown_table, vessel_cells, vessel_header
 
@@ -64,7 +64,7 @@ def _dice(truth: np.ndarray, guess: np.ndarray, ignored: np.ndarray | None) -> f
 def pseudo_label_dice(pseudo_dataset: Path, source_dataset: Path) -> dict:
     """Dice and vessel metrics of the kept pseudo-labels against the source's true labels, over voxels not ignored.
 
-    The same record keys as the test-set scores (``vessel_metrics.summary_scores``): per-class and mean Dice
+    The same record keys as the test-set scores (``evaluate_command.summary_scores``): per-class and mean Dice
     (1 when a class is absent from both), per-class and binary clDice, binary Dice, Betti-0 error and HD95 (the
     vessel metrics on both masks with the ignored voxels removed; means over cases ignore NaN).
     """
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--teacher", default=FLAGSHIP["trainer"], help="few-shot model that pseudo-labels")
-    parser.add_argument("--retrain-trainer", default="nnUNetTrainerFMUNet")
+    parser.add_argument("--retrain-trainer", default="nnUNetTrainerUNetFewShot")
     parser.add_argument("--keep-fraction", type=float, default=0.75)
     parser.add_argument("--voxel-threshold", type=float, default=0.7)
     parser.add_argument(

@@ -7,7 +7,7 @@
 For every K and seed (the seed picks the K labelled cases, ``few_shot_seed``), on one synthetic vessel dataset:
 
 1. a K-shot DINOv3-FFA teacher (fold 0; the demo's tiny random-weight encoder);
-2. the student (default ``nnUNetTrainerFMUNet``) at the same budget in four ways:
+2. the student (default ``nnUNetTrainerUNetFewShot``) at the same budget in four ways:
    * **labelled only**: the K cases (fold 0);
    * **self-training**: K labelled + the teacher's confident pseudo-labels (``nnunet-fm pseudolabel``, fold all);
    * **Mean Teacher**: K labelled + ``--unlabelled`` unlabelled cases (``nnunet-fm add-unlabelled``, all-ignore
@@ -41,7 +41,7 @@ from pathlib import Path
 from nnunet_fm.atomic_io import atomic_write_json, atomic_write_text
 from nnunet_fm.demo import FLAGSHIP, prepare_dataset
 from nnunet_fm.file_names import FEWSHOT_RECORD_NAME
-from nnunet_fm.pipeline import Workspace, plan_like_source, predict_evaluate
+from nnunet_fm.nnunet_commands import Workspace, plan_like_source, predict_evaluate
 from nnunet_fm.tools.report import markdown_table, mean_std_cell, vessel_header, vessel_mean_std_cells
 from nnunet_fm.tools.sfr_report import copy_test_set, pseudolabel_into, train_config
 from nnunet_fm.unlabelled import add_unlabelled
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--teacher-epochs", type=int, default=6)
-    parser.add_argument("--student", default="nnUNetTrainerFMUNet")
+    parser.add_argument("--student", default="nnUNetTrainerUNetFewShot")
     parser.add_argument("--keep-fraction", type=float, default=0.75)
     parser.add_argument("--voxel-threshold", type=float, default=0.7)
     parser.add_argument("--device", default="cpu")

@@ -4,9 +4,9 @@
 :class:`StepMemory`:
 
 * ``saved``: peak bytes autograd holds as saved-for-backward tensors
-  (:func:`nnunet_fm.two_pass.saved_tensor_peak`; recomputation inside a checkpoint is not counted there);
+  (:func:`nnunet_fm.tensor_memory.saved_tensor_peak`; recomputation inside a checkpoint is not counted there);
 * ``live_peak``: the peak of every live tensor (parameters, gradients, activations, recomputed
-  activations, temporaries), counted at the dispatcher (:func:`live_tensor_peak`);
+  activations, temporaries), counted at the dispatcher (:func:`nnunet_fm.tensor_memory.live_tensor_peak`);
 * ``params``: bytes of all parameters and buffers.
 
 Used by ``scripts/memory_vs_reference.py`` (against vesselbridge3d) and by the memory planner.
@@ -15,19 +15,16 @@ Used by ``scripts/memory_vs_reference.py`` (against vesselbridge3d) and by the m
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from nnunet_fm.two_pass import saved_tensor_peak
+from nnunet_fm.tensor_memory import live_tensor_peak, parameter_bytes, saved_tensor_peak
 
-__all__ = ["StepMemory", "live_tensor_peak", "measure_step", "parameter_bytes"]
+__all__ = ["StepMemory", "measure_step"]
 
 
 @dataclass
@@ -38,54 +35,6 @@ class StepMemory:
 
     def as_mib(self) -> dict[str, float]:
         return {k: v / 2**20 for k, v in asdict(self).items()}
-
-
-def parameter_bytes(model: nn.Module) -> int:
-    """Bytes of the parameters and buffers of ``model``."""
-    tensors = [*model.parameters(), *model.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-class _LiveBytes(TorchDispatchMode):
-    """Counts the bytes of every storage an op creates until the storage is freed; keeps the running peak."""
-
-    def __init__(self, start: int) -> None:
-        super().__init__()
-        self.live = start
-        self.peak = start
-        self.seen: set[int] = set()
-
-    def _release(self, key: int, nbytes: int) -> None:
-        self.seen.discard(key)
-        self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in pytree.tree_leaves(out):
-            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
-                continue
-            storage = t.untyped_storage()
-            key = storage.data_ptr()
-            if key == 0 or key in self.seen:
-                continue
-            self.seen.add(key)
-            nbytes = storage.nbytes()
-            self.live += nbytes
-            self.peak = max(self.peak, self.live)
-            weakref.finalize(storage, self._release, key, nbytes)
-        return out
-
-
-def live_tensor_peak(fn: Callable[[], object], model: nn.Module) -> int:
-    """Peak bytes of live tensors while ``fn()`` runs: the model's parameters, buffers and existing gradients plus
-    every storage an op allocates until it is freed (activations, recomputations, gradients, temporaries), counted
-    at the dispatcher like torch's ``MemTracker`` (which refuses modules called more than once per step)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    start = parameter_bytes(model) + sum(g.numel() * g.element_size() for g in grads)
-    mode = _LiveBytes(start)
-    with mode:
-        fn()
-    return int(mode.peak)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

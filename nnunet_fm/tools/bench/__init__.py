@@ -9,9 +9,9 @@ instead compares two-pass and ordinary training of the sub-cube network for 1, 2
 
 Encoder weights are random: timing and memory do not depend on weight values.
 
-Modules: ``config`` (settings, rows), ``probes`` (measurement primitives), ``models`` (building each
-network), ``predict`` (nnU-Net's predictor), ``run`` (one row per model), ``sweep`` (``--cube-sweep``),
-``report`` (tables), ``cli`` (command line).
+Modules: ``config`` (settings, result rows), ``probes`` (measurement primitives), ``models`` (the benchmarked
+models, :data:`BENCH_MODELS`, and building each network), ``predict`` (nnU-Net's predictor), ``run`` (one row
+per model), ``sweep`` (``--cube-sweep``), ``report`` (tables), ``cli`` (command line).
 """
 
 from nnunet_fm.tools.bench.cli import config_from_args, main
@@ -29,10 +29,13 @@ from nnunet_fm.tools.bench.config import (
     SweepRow,
 )
 from nnunet_fm.tools.bench.models import (
+    BENCH_MODELS,
     DEFAULT_ARCHITECTURE,
     MODELS,
     NETWORK_CLASSES,
+    STOCK_TRAINER,
     TRAINERS,
+    BenchModel,
     build_model,
     configuration,
     planner_architecture,
@@ -44,6 +47,7 @@ from nnunet_fm.tools.bench.run import make_train_step, measure_model, run_benchm
 from nnunet_fm.tools.bench.sweep import run_cube_sweep, split_cubes
 
 __all__ = [
+    "BENCH_MODELS",
     "DEFAULT_ARCHITECTURE",
     "DEFAULT_MODELS",
     "DEFAULT_PATCH",
@@ -53,9 +57,11 @@ __all__ = [
     "NETWORK_CLASSES",
     "RATIO_FIELDS",
     "STOCK",
+    "STOCK_TRAINER",
     "SWEEP_CUBES",
     "TRAINERS",
     "BenchConfig",
+    "BenchModel",
     "BenchResult",
     "PeakRSS",
     "Row",

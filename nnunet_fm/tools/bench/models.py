@@ -1,9 +1,13 @@
-"""Building each benchmarked network the way nnU-Net or the plugin's trainers build it.
+"""The benchmark's rows, and building each benchmarked network the way nnU-Net or the plugin's trainers build it.
 
-The stock U-Net comes from nnU-Net's ``get_network_from_plans`` on a planner ``architecture`` block. The
-plugin's networks come from a plans-style configuration (``patch_size`` + ``architecture`` with
-``network_class_name`` and ``arch_kwargs``) through :func:`nnunet_fm.hooks.network.network_kwargs`, the
-path ``PlansNetworkMixin.build_network_architecture`` takes in every plugin trainer.
+The rows (:data:`BENCH_MODELS`) are stated here, not in the templates: benchmark data, not part of a family's
+declaration. One row is stock nnU-Net (``nnUNetTrainer`` and its planner's U-Net), the reference of every ratio;
+the others each measure a registered family's network, trained by its main trainer.
+
+The stock U-Net comes from nnU-Net's ``get_network_from_plans`` on a planner ``architecture`` block. The plugin's
+networks come from a plans-style configuration (``patch_size`` + ``architecture`` with ``network_class_name`` and
+``arch_kwargs``) through :func:`nnunet_fm.hooks.network.network_kwargs`, the path
+``PlansNetworkMixin.build_network_architecture`` takes in every plugin trainer.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import copy
 import importlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,18 +23,78 @@ from nnunetv2.experiment_planning.experiment_planners.network_topology import ge
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
+from nnunet_fm import registry
 from nnunet_fm.hooks.network import network_kwargs
-from nnunet_fm.registry import bench_models
-from nnunet_fm.tools.bench.config import DEFAULT_SPACING, BenchConfig, RowStatusError, short_error
+from nnunet_fm.tools.bench.config import DEFAULT_SPACING, STOCK, BenchConfig, RowStatusError, short_error
 
-#: model key -> (family, bench row), from the family registry
-_ROWS = bench_models()
+#: the trainer of the stock nnU-Net row
+STOCK_TRAINER = "nnUNetTrainer"
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """One row of ``python -m nnunet_fm.tools.bench``: its ``--models`` key and row label.
+
+    ``family``: the registered family whose network it builds and whose main trainer trains it; None for the
+    stock nnU-Net baseline (``nnUNetTrainer``, the planner's U-Net), which is no plugin family. ``encoder`` is passed
+    as ``arch_kwargs["encoder"]`` when set; ``bench_kwargs`` names the network keywords filled from the bench
+    settings (``encoder_kwargs``, ``vit_amp`` from ``--amp``, ``taps``, ``agg_heads``, ``cube_size``; unset
+    settings are left out).
+    """
+
+    key: str
+    label: str
+    family: str | None
+    encoder: str | None = None
+    bench_kwargs: tuple[str, ...] = ()
+
+    @property
+    def trainer(self) -> str:
+        """The trainer named to nnU-Net's predictor: stock ``nnUNetTrainer`` or the family's main trainer."""
+        return STOCK_TRAINER if self.family is None else registry.family(self.family).trainer
+
+    @property
+    def network(self) -> str | None:
+        """The family's ``network_class_name``; None: nnU-Net's own network (from the plans or its planner)."""
+        return None if self.family is None else registry.family(self.family).network
+
+
+_VIT_KWARGS = ("encoder_kwargs", "vit_amp", "taps")
+#: every benchmark row, the stock nnU-Net baseline first
+BENCH_MODELS: tuple[BenchModel, ...] = (
+    BenchModel(STOCK, "nnU-Net PlainConvUNet (stock)", family=None),
+    BenchModel(
+        "ffa-s",
+        "DINOv3-FFA ViT-S",
+        family="dinov3_ffa",
+        encoder="vit_small_patch16_dinov3",
+        bench_kwargs=(*_VIT_KWARGS, "agg_heads"),
+    ),
+    BenchModel(
+        "ffa-b",
+        "DINOv3-FFA ViT-B",
+        family="dinov3_ffa",
+        encoder="vit_base_patch16_dinov3",
+        bench_kwargs=(*_VIT_KWARGS, "agg_heads"),
+    ),
+    BenchModel(
+        "cube",
+        "DINOv3 sub-cube ViT-S (two-pass)",
+        family="dinov3_cube",
+        encoder="vit_small_patch16_dinov3",
+        bench_kwargs=(*_VIT_KWARGS, "cube_size"),
+    ),
+    BenchModel("lightmedseg", "LightMedSeg", family="lightmedseg"),
+)
+
+#: model key -> bench row
+_ROWS: dict[str, BenchModel] = {row.key: row for row in BENCH_MODELS}
 #: model key -> (row label, DINOv3 encoder or None)
-MODELS: dict[str, tuple[str, str | None]] = {key: (row.label, row.encoder) for key, (_, row) in _ROWS.items()}
+MODELS: dict[str, tuple[str, str | None]] = {key: (row.label, row.encoder) for key, row in _ROWS.items()}
 #: model key -> the nnU-Net / plugin trainer that trains it
-TRAINERS: dict[str, str] = {key: row.trainer or family.trainer for key, (family, row) in _ROWS.items()}
+TRAINERS: dict[str, str] = {key: row.trainer for key, row in _ROWS.items()}
 #: plugin model key -> ``network_class_name`` (the ``fm_network`` of its trainer)
-NETWORK_CLASSES: dict[str, str] = {key: f.network for key, (f, _) in _ROWS.items() if f.network is not None}
+NETWORK_CLASSES: dict[str, str] = {key: row.network for key, row in _ROWS.items() if row.network is not None}
 #: the ``BenchConfig`` field of a network keyword (``BenchModel.bench_kwargs``) where the names differ
 _SETTING_OF_KWARG = {"vit_amp": "amp"}
 
@@ -88,7 +153,7 @@ def _json_value(value: Any) -> Any:
 def plugin_arch_kwargs(name: str, cfg: BenchConfig) -> dict[str, Any]:
     """``arch_kwargs`` for plugin model ``name``: its encoder and the bench settings its row takes (unset ones left
     out), JSON values as a plans file carries them."""
-    row = _ROWS[name][1]
+    row = _ROWS[name]
     kw: dict[str, Any] = {} if row.encoder is None else {"encoder": row.encoder}
     for key in row.bench_kwargs:
         value = getattr(cfg, _SETTING_OF_KWARG.get(key, key))

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from nnunet_fm.tensor_memory import saved_tensor_peak
 from nnunet_fm.tools.bench.config import BenchConfig
-from nnunet_fm.two_pass import saved_tensor_peak
 
 
 def machine_info(device: torch.device) -> dict[str, str]:
@@ -141,7 +141,7 @@ def time_call(fn: Callable[[], Any], repeats: int, device: torch.device) -> list
 
 def measure_memory(fn: Callable[[], Any], device: torch.device) -> tuple[int, int]:
     """``(peak, saved)`` bytes of one call: peak = CUDA max allocated or CPU peak RSS growth; saved =
-    peak of tensors saved for backward (:func:`~nnunet_fm.two_pass.saved_tensor_peak`)."""
+    peak of tensors saved for backward (:func:`~nnunet_fm.tensor_memory.saved_tensor_peak`)."""
     if device.type == "cuda":
         sync(device)
         torch.cuda.empty_cache()

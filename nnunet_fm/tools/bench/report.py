@@ -130,9 +130,10 @@ def format_report(result: BenchResult, markdown: bool = False) -> str:
         "GFLOP: torch.utils.flop_counter.FlopCounterMode, batch 1, eval mode; it counts 2 FLOPs per "
         "multiply-accumulate (GMACs = GFLOP / 2); convolutions, matmuls and attention only",
         "step: zero_grad + forward + backward + AdamW step, loss nnU-Net DC_and_CE_loss "
-        f"({LOSS_KWARGS}, {{}}); the sub-cube row uses nnunet_fm.two_pass.two_pass_step",
+        f"({LOSS_KWARGS}, {{}}); the sub-cube row uses nnunet_fm.architectures.dinov3_cube_two_pass.two_pass_step",
         _memory_note(cfg.device),
-        "saved act: peak bytes of tensors saved for backward during one step (nnunet_fm.two_pass.saved_tensor_peak)",
+        "saved act: peak bytes of tensors saved for backward during one step "
+        "(nnunet_fm.tensor_memory.saved_tensor_peak)",
         "x stock: ratio to the stock nnU-Net row of the same run",
     ]
     if predict:
@@ -169,10 +170,10 @@ def format_sweep(rows: list[SweepRow], result: BenchResult, markdown: bool = Fal
     extra = [
         "model: DINOv3 sub-cube ViT-S (or --encoder-kwargs), cube size from halving the largest axis "
         "(in-plane >= 32, multiples of 16)",
-        "ordinary: loss.backward() through the re-assembled prediction; two-pass: nnunet_fm.two_pass.two_pass_step; "
-        "both + AdamW step",
+        "ordinary: loss.backward() through the re-assembled prediction; two-pass: "
+        "nnunet_fm.architectures.dinov3_cube_two_pass.two_pass_step; both + AdamW step",
         _memory_note(result.config.device),
-        "saved: peak bytes of tensors saved for backward during one step (nnunet_fm.two_pass.saved_tensor_peak)",
+        "saved: peak bytes of tensors saved for backward during one step (nnunet_fm.tensor_memory.saved_tensor_peak)",
     ]
     title = "## sub-cube sweep" if markdown else "# sub-cube sweep"
     return "\n".join([title, "", *_context(result, markdown, extra, stock=False), "", _table(header, body, markdown)])

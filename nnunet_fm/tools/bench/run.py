@@ -12,7 +12,8 @@ import torch
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from torch import Tensor, nn
 
-from nnunet_fm.network_contract import count_parameters
+from nnunet_fm.architectures.dinov3_cube_two_pass import two_pass_step
+from nnunet_fm.network_interfaces import count_parameters
 from nnunet_fm.tools.bench.config import LOSS_KWARGS, BenchConfig, BenchResult, Row, RowStatusError, short_error
 from nnunet_fm.tools.bench.models import MODELS, build_model
 from nnunet_fm.tools.bench.predict import time_prediction
@@ -25,7 +26,6 @@ from nnunet_fm.tools.bench.probes import (
     time_call,
 )
 from nnunet_fm.tools.bench.report import add_ratios
-from nnunet_fm.two_pass import two_pass_step
 
 
 def _batch(cfg: BenchConfig, device: torch.device) -> tuple[Tensor, Tensor]:

@@ -3,17 +3,17 @@
 - :class:`SegmentationNetwork`: ``output_heads()`` lists the final classifier layers (prior-bias init).
 - :class:`FrozenEncoderNetwork`: an ``encoder`` whose ``load_weights(spec)`` loads pretrained weights
   (called by the trainer's ``initialize()``, never at build time, so checkpoints carry every weight).
-- :class:`SubCubeNetwork`: the sub-cube protocol of :mod:`nnunet_fm.two_pass`.
 
-nnU-Net's own networks satisfy none of them; the hooks fall back to nnU-Net's conventions
-(``decoder.seg_layers``, ``decoder.deep_supervision``) for those.
+The sub-cube protocol of two-pass training belongs to its family
+(:class:`nnunet_fm.architectures.dinov3_cube_two_pass.SubCubeNetwork`). nnU-Net's own networks satisfy none of
+them; the hooks fall back to nnU-Net's conventions (``decoder.seg_layers``, ``decoder.deep_supervision``) for those.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from torch import Tensor, nn
+from torch import nn
 
 
 @runtime_checkable
@@ -29,15 +29,6 @@ class FrozenEncoder(Protocol):
 @runtime_checkable
 class FrozenEncoderNetwork(Protocol):
     encoder: FrozenEncoder
-
-
-@runtime_checkable
-class SubCubeNetwork(Protocol):
-    def cube_slices(self, spatial_shape: tuple[int, ...]) -> list[tuple[slice, ...]]: ...
-
-    def encode_cube(self, x_cube: Tensor, cube_index: int) -> Any: ...
-
-    def decode_cube(self, features: Any, x_cube: Tensor, cube_index: int) -> Tensor: ...
 
 
 def unwrap(network: nn.Module) -> nn.Module:

@@ -1,6 +1,7 @@
-"""One contract over every plugin trainer and its template (in the spirit of timm's tests/test_models.py).
+"""A short run of every plugin trainer with its template (in the spirit of timm's tests/test_models.py).
 
-Each trainer is built in-process from the planned fixture dataset with its template (tiny settings), then:
+Each trainer is built in-process from the planned fixture dataset with its template and its family's tiny settings
+(``nnunet_fm.tools.tiny_settings``), then:
 ``initialize()``, one ``train_step``, one ``validation_step``, a checkpoint save/load round trip, and its
 effective options equal what it declares. Fast: no subprocess, no nnUNetv2 command.
 """
@@ -17,17 +18,21 @@ from nnunet_fm.ext_trainers import nnunet_fm_trainers
 from nnunet_fm.options import declared_options, fixed_options
 from nnunet_fm.plans import add_configuration
 from nnunet_fm.templates import load_template, template_for_trainer
+from nnunet_fm.tools.tiny_settings import tiny_settings
 
 DATASET_ID = 951  # the planned_workspace fixture's dataset (tests/conftest.py)
-#: each family's tiny network and trainer settings, from the registry (plans add --set values)
-TINY = {f.template: {**f.tiny.arch_kwargs, **f.tiny.plans_overrides} for f in registry.families()}
+#: each family's tiny network and trainer settings (plans add --set values), by template
+TINY = {
+    f.template: {**tiny_settings(f.name).arch_kwargs, **tiny_settings(f.name).plans_overrides}
+    for f in registry.families()
+}
 SHORT = {"num_epochs": 2, "num_iterations_per_epoch": 1, "num_val_iterations_per_epoch": 1}
 TRAINERS = registry.trainer_names()
 
 
 def _build(env, trainer_name: str):
     template, _ = template_for_trainer(trainer_name)
-    configuration = f"3d_contract_{trainer_name}"
+    configuration = f"3d_run_{trainer_name}"
     add_configuration(DATASET_ID, template, name=configuration, overrides={**TINY[template], **SHORT})
     folder = env.preprocessed / env.dataset_folder(DATASET_ID).name
     plans = {
@@ -40,7 +45,7 @@ def _build(env, trainer_name: str):
 
 
 @pytest.mark.parametrize("trainer_name", TRAINERS)
-def test_trainer_contract(nnunet_env, trainer_name, tmp_path):
+def test_trainer_runs_and_round_trips_its_checkpoint(nnunet_env, trainer_name, tmp_path):
     trainer, template = _build(nnunet_env, trainer_name)
     trainer_cls = type(trainer)
 
@@ -97,10 +102,12 @@ def test_trainer_refuses_a_configuration_that_builds_another_network(nnunet_env)
     with pytest.raises(UserInputError, match=r"--template dinov3_ffa`, then `nnUNetv2_train \S+ 3d_fm_dinov3_ffa "):
         subclass({**plans, "continue_training": False}, "3d_fullres", 0, dataset_json, torch.device("cpu"))
     # the stock U-Net baseline trains the parent's network by design
-    unet = nnunet_fm_trainers.nnUNetTrainerFMUNet
+    unet = nnunet_fm_trainers.nnUNetTrainerUNetFewShot
     unet({**plans, "continue_training": False}, "3d_fullres", 0, dataset_json, torch.device("cpu"))
     # a key another family's trainer reads is refused, not silently ignored
     stray = copy.deepcopy(plans)
     stray["configurations"]["3d_fullres"]["boundary_weight"] = 2.0  # LightMedSeg's loss option
-    with pytest.raises(UserInputError, match=r"sets \['boundary_weight'\], which nnUNetTrainerFMUNet does not read"):
+    with pytest.raises(
+        UserInputError, match=r"sets \['boundary_weight'\], which nnUNetTrainerUNetFewShot does not read"
+    ):
         unet({**stray, "continue_training": False}, "3d_fullres", 0, dataset_json, torch.device("cpu"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from nnunet_fm.trainers.base import nnUNetTrainerFMBase
 
 
-class nnUNetTrainerFMUNet(nnUNetTrainerFMBase):
+class nnUNetTrainerUNetFewShot(nnUNetTrainerFMBase):
     """PlainConvUNet/ResEnc from the plans, nnU-Net's SGD + poly schedule, no deep supervision.
 
     Hook defaults are neutral (no class re-weighting, no slice masking, no prior bias) so that, with

@@ -1,4 +1,10 @@
-"""Per-slice loss masking: slices with too little foreground contribute nothing to CE or Dice."""
+"""The trainers' shared loss: nnU-Net's Dice + CE (or a family's loss) wrapped with per-slice masking.
+
+:class:`SliceMaskedLoss` wraps any loss that honours an ignore label: slices with too little foreground contribute
+nothing, logits are clamped and the loss runs in fp32; :meth:`SliceMaskedLoss.dice_ce` builds nnU-Net's
+``DC_and_CE_loss`` inside it (``ClassBalanceMixin`` feeds it CE class weights, LightMedSeg's trainer wraps its own
+loss). :class:`PresentClassSoftDiceLoss` is the ``dice_present_classes_only`` Dice.
+"""
 
 from __future__ import annotations
 

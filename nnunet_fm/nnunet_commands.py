@@ -144,7 +144,7 @@ def _resolve(executable: str) -> str:
 
 def mean_dice(summary_file: Path) -> dict:
     """Score record (Dice; clDice, Betti-0 error, HD95 when present) of an evaluation ``summary.json``."""
-    from nnunet_fm.vessel_metrics import summary_scores
+    from nnunet_fm.evaluate_command import summary_scores
 
     return summary_scores(json.loads(Path(summary_file).read_text()))
 
@@ -259,10 +259,10 @@ def predict_evaluate(
 ) -> dict:
     """Stock ``nnUNetv2_predict`` of imagesTs, then ``nnunet-fm evaluate`` against labelsTs (in this process).
 
-    Returns the prediction folder and the score record of ``vessel_metrics.score_folder``: nnU-Net's Dice per
+    Returns the prediction folder and the score record of ``evaluate_command.score_folder``: nnU-Net's Dice per
     class and mean, plus clDice, Betti-0 error and HD95 per class and for the merged foreground.
     """
-    from nnunet_fm.vessel_metrics import score_folder
+    from nnunet_fm.evaluate_command import score_folder
 
     prediction = ws.root / "predictions" / f"{trainer}__{configuration}__fold{fold}{suffix}"
     predict(ws, dataset_id, configuration, trainer, fold, prediction, device, predict_args)

@@ -1,6 +1,7 @@
-"""Two-pass training step for sub-cube networks: exact gradients with a flat decoder memory footprint.
+"""Two-pass training step for sub-cube networks (DINOv3 sub-cube family): exact gradients with a flat decoder
+memory footprint.
 
-A network follows the *cube protocol* when it exposes
+A network follows the *cube protocol* (:class:`SubCubeNetwork`) when it exposes
 
 - ``cube_slices(spatial_shape) -> list[tuple[slice, slice, slice]]``: non-overlapping regions tiling
   the patch (index ``i`` of the list is the cube index);
@@ -24,16 +25,27 @@ accumulates into ``.grad`` like ``loss.backward()`` does; the caller zeroes, cli
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-from nnunet_fm.network_contract import SubCubeNetwork, unwrap
+from nnunet_fm.network_interfaces import unwrap
 
-__all__ = ["run_cubes", "saved_tensor_book", "saved_tensor_peak", "two_pass_step"]
+__all__ = ["SubCubeNetwork", "run_cubes", "two_pass_step"]
+
+
+@runtime_checkable
+class SubCubeNetwork(Protocol):
+    """The cube protocol of the module docstring (implemented by
+    :class:`~nnunet_fm.architectures.dinov3_cube.DINOv3Cube`)."""
+
+    def cube_slices(self, spatial_shape: tuple[int, ...]) -> list[tuple[slice, ...]]: ...
+
+    def encode_cube(self, x_cube: Tensor, cube_index: int) -> Any: ...
+
+    def decode_cube(self, features: Any, x_cube: Tensor, cube_index: int) -> Tensor: ...
 
 
 def _is_ddp(model: nn.Module) -> bool:
@@ -121,74 +133,3 @@ def two_pass_step(
     if _is_ddp(model):
         _average_gradients(net)
     return loss.detach()
-
-
-class _SavedBytes:
-    """Book-keeping for :func:`saved_tensor_peak`: live bytes per storage and their running peak."""
-
-    def __init__(self) -> None:
-        self.refs: dict[int, list[int]] = {}
-        self.live = 0
-        self.peak = 0
-
-    def add(self, key: int, nbytes: int) -> None:
-        entry = self.refs.get(key)
-        if entry is None:
-            self.refs[key] = [1, nbytes]
-            self.live += nbytes
-            self.peak = max(self.peak, self.live)
-        else:
-            entry[0] += 1
-
-    def remove(self, key: int) -> None:
-        entry = self.refs[key]
-        entry[0] -= 1
-        if entry[0] == 0:
-            self.live -= entry[1]
-            del self.refs[key]
-
-
-class _Packed:
-    """Handle stored by autograd instead of a saved tensor; releases its bytes when the graph dies."""
-
-    __slots__ = ("book", "key", "tensor")
-
-    def __init__(self, tensor: Tensor, book: _SavedBytes) -> None:
-        self.tensor = tensor
-        self.book = book
-        self.key = tensor.untyped_storage().data_ptr()
-        book.add(self.key, tensor.untyped_storage().nbytes())
-
-    def __del__(self) -> None:
-        self.book.remove(self.key)
-
-
-@contextlib.contextmanager
-def saved_tensor_book() -> Iterator[_SavedBytes]:
-    """Count the bytes autograd saves for backward while the block runs (``book.live``, ``book.peak``); once per
-    storage, parameters (leaf tensors requiring grad) excluded."""
-    book = _SavedBytes()
-
-    def pack(t: Tensor) -> Any:
-        if t.is_leaf and t.requires_grad:
-            return t
-        return _Packed(t, book)
-
-    def unpack(obj: Any) -> Tensor:
-        return obj.tensor if isinstance(obj, _Packed) else obj
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        yield book
-
-
-def saved_tensor_peak(fn: Callable[[], Any]) -> int:
-    """Run ``fn()`` and return the peak of live bytes held by autograd as saved-for-backward tensors.
-
-    Deterministic, device-independent measure of activation memory: every tensor an autograd node
-    saves is counted (once per storage, however many nodes share it) from the moment it is saved
-    until its graph is freed. Parameters (leaf tensors requiring grad) are not counted: they exist
-    regardless of the forward pass.
-    """
-    with saved_tensor_book() as book:
-        fn()
-    return book.peak

@@ -9,8 +9,8 @@ import SimpleITK as sitk
 
 from nnunet_fm.cli import main
 from nnunet_fm.errors import UserInputError
+from nnunet_fm.evaluate_command import evaluate_folder, summary_scores
 from nnunet_fm.mask_metrics import betti0_error, cl_dice, hd95, skeleton, topology_metrics
-from nnunet_fm.vessel_metrics import evaluate_folder, summary_scores
 
 SHAPE = (20, 20, 20)
 
@@ -200,7 +200,7 @@ def test_overlap_metrics_equal_nnunet_compute_metrics_with_an_ignore_label(tmp_p
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-    from nnunet_fm.vessel_metrics import case_metrics
+    from nnunet_fm.evaluate_command import case_metrics
 
     reference = _rod(5, 5) * 1 + _rod(14, 14) * 2
     reference[3:6, 5, 5] = 3  # the ignore label over part of the artery
