@@ -68,8 +68,9 @@ def test_setup_documents_the_python_variable():
 def test_ruff_is_pinned_to_one_minor_version_that_is_installed():
     """A new ruff release (new rules, new formatting) cannot turn a fresh scripts/test.sh red."""
     # (tomllib is Python >= 3.11; the project supports 3.10)
-    extra = re.search(r"^test = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
-    ruff = next(Requirement(r) for r in re.findall(r'"([^"]+)"', extra.group(1)) if Requirement(r).name == "ruff")
+    extra = re.search(r"^test = \[(.*?)^\]$", (ROOT / "pyproject.toml").read_text(), re.MULTILINE | re.DOTALL)
+    entries = re.findall(r'^\s*"([^"]+)",', extra.group(1), re.MULTILINE)
+    ruff = next(Requirement(r) for r in entries if Requirement(r).name == "ruff")
     upper = [s for s in ruff.specifier if s.operator == "<"]
     lower = [s for s in ruff.specifier if s.operator == ">="]
     assert len(upper) == 1 and len(lower) == 1, ruff
