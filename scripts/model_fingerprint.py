@@ -45,6 +45,10 @@ PARENT = {
 }
 
 
+#: spatial shape of the fixed input each tiny network is fingerprinted on (the cube's is its patch)
+PROBE_INPUT = {"dinov3_ffa": (3, 32, 32), "dinov3_cube": (8, 16, 32), "lightmedseg": (16, 32, 32)}
+
+
 def _tiny_settings() -> ModuleType:
     """``nnunet_fm/tools/tiny_settings.py`` of this checkout (whatever package the networks come from)."""
     path = Path(__file__).resolve().parents[1] / "nnunet_fm" / "tools" / "tiny_settings.py"
@@ -84,7 +88,7 @@ def networks() -> dict[str, dict]:
         kwargs = {"patch_size": list(tiny.patch_size)} if "patch_size" in inspect.signature(cls).parameters else {}
         torch.manual_seed(0)
         net = cls(tiny.input_channels, tiny.num_classes, **kwargs, **copy.deepcopy(tiny.arch_kwargs)).eval()
-        x = torch.randn((1, tiny.input_channels, *tiny.patch_size), generator=torch.Generator().manual_seed(1))
+        x = torch.randn((1, tiny.input_channels, *PROBE_INPUT[name]), generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             y = net(x)
         out[name] = {"default": _counts(default(cls)), "tiny": _counts(net), "tiny_output": _digest(y)}

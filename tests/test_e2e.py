@@ -36,22 +36,29 @@ def test_doctor_resolves_every_plugin_trainer(planned_workspace):
     assert "[ok] trainer nnUNetTrainerDINOv3FFA" in output and "[ok] trainer nnUNetTrainerDINOv3Cube" in output
 
 
-@pytest.fixture(scope="module")
-def ffa_model(planned_workspace):
-    """A few-shot DINOv3-FFA model (tiny random encoder) trained through stock nnUNetv2_train, fold 0.
-
-    Trained long enough (2 x 6 iterations) to predict some vessel voxels, which pseudo-labelling needs. Its
-    patch (16x64x64) is larger than the 16x48x48 volumes: nnU-Net pads in training and prediction.
-    """
-    ws = planned_workspace
-    schedule = [*SHORT[2:], "num_epochs=2", "num_iterations_per_epoch=6", "patch_size=[16,64,64]"]
-    configuration = add_plans(
-        ws, DATASET_ID, "dinov3_ffa", [*schedule, *TINY_ENCODER, "agg_heads=2", "inplane_size=48"]
-    )
+def _train_ffa(ws, schedule: list[str], name: str | None = None) -> tuple[str, dict]:
+    """A few-shot DINOv3-FFA model (tiny random encoder, patch 16x64x64) trained through stock nnUNetv2_train,
+    fold 0, then predicted and evaluated; its configuration and scores. The patch is larger than the 16x48x48
+    volumes: nnU-Net pads in training and prediction."""
+    settings = [*schedule, "patch_size=[16,64,64]", *TINY_ENCODER, "agg_heads=2", "inplane_size=48"]
+    configuration = add_plans(ws, DATASET_ID, "dinov3_ffa", settings, name=name)
     scores = train_predict_evaluate(
         ws, DATASET_ID, configuration, "nnUNetTrainerDINOv3FFA", predict_args=("--disable_tta",)
     )
     return configuration, scores
+
+
+@pytest.fixture(scope="module")
+def ffa_model(planned_workspace):
+    """The stock-command path of the flagship in the fast tier: 1 epoch of 2 iterations (SHORT)."""
+    return _train_ffa(planned_workspace, SHORT)
+
+
+@pytest.fixture(scope="module")
+def ffa_pseudolabel_source(planned_workspace):
+    """Trained long enough (2 x 6 iterations) to predict some vessel voxels, which pseudo-labelling needs."""
+    schedule = [*SHORT[2:], "num_epochs=2", "num_iterations_per_epoch=6"]
+    return _train_ffa(planned_workspace, schedule, name="3d_fm_dinov3_ffa_source")
 
 
 def test_dinov3_ffa_trains_predicts_and_evaluates_with_stock_commands(planned_workspace, ffa_model):
@@ -187,13 +194,13 @@ def _pseudolabel(ws, model, fold, unlabelled, out_id, *selection):
 
 
 @pytest.mark.slow
-def test_pseudolabel_then_retrain_with_stock_commands(planned_workspace, ffa_model):
+def test_pseudolabel_then_retrain_with_stock_commands(planned_workspace, ffa_pseudolabel_source):
     """K-shot FFA -> nnunet-fm pseudolabel -> plan like the source (integrity check) -> re-train LightMedSeg and
     FFA on every case (fold all) -> predict -> evaluate; then a second round pseudo-labels from the re-trained FFA.
     """
     ws = planned_workspace
     source = ws.dataset_folder(DATASET_ID)
-    model = _model_folder(ws, "nnUNetTrainerDINOv3FFA", ffa_model[0])
+    model = _model_folder(ws, "nnUNetTrainerDINOv3FFA", ffa_pseudolabel_source[0])
     few_shot = set(json.loads((model / "fold_0" / "fewshot_cases.json").read_text())["cases"])
     unlabelled = ws.root / "unlabelled"
     unlabelled.mkdir()

@@ -77,9 +77,11 @@ def test_sigterm_stops_the_augmentation_workers_of_a_plugin_trainer():
     assert code == 143 and survivors == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see the worker processes")
 def test_stock_behaviour_orphans_the_workers():
-    """What the hook fixes: with SIGTERM's default action the daemon workers outlive nnU-Net's main process."""
+    """What the hook fixes: with SIGTERM's default action the daemon workers outlive nnU-Net's main process (stock
+    nnU-Net's behaviour, not the plugin's: slow tier)."""
     code, survivors = _train_and_terminate("stock")
     try:
         assert code == -signal.SIGTERM and len(survivors) == 3
@@ -88,7 +90,7 @@ def test_stock_behaviour_orphans_the_workers():
             os.kill(pid, signal.SIGKILL)
 
 
-def test_pipeline_stops_the_whole_process_group_when_interrupted(tmp_path):
+def test_workspace_run_stops_the_whole_process_group_when_interrupted(tmp_path):
     """`nnunet-fm experiment` / the reports run nnU-Net commands through Workspace.run: interrupting them must
     take the command and everything it started down too."""
     from nnunet_fm.nnunet_commands import _stop_group

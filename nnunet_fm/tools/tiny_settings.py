@@ -46,7 +46,7 @@ TINY: dict[str, TinySettings] = {
     # no DropPath: training-mode outputs are deterministic (compiled and eager compare equal); plans_overrides keep
     # the parent's preprocessed data, so the trainer run needs no nnUNetv2_preprocess
     "dinov3_ffa": TinySettings(
-        patch_size=(3, 32, 32),
+        patch_size=(2, 16, 16),
         arch_kwargs=_tiny_vit(taps=[0, 1, 1], agg_heads=2, adapter_drop_path=0.0, agg_drop_path=0.0),
         plans_overrides={
             "encoder_weights": "none",
@@ -56,7 +56,7 @@ TINY: dict[str, TinySettings] = {
         },
     ),
     # the paper's network is already tiny (0.48M parameters); sizes must be multiples of 16
-    "lightmedseg": TinySettings(patch_size=(16, 32, 32), plans_overrides={"patch_size": [16, 48, 48], "batch_size": 2}),
+    "lightmedseg": TinySettings(patch_size=(16, 16, 16), plans_overrides={"patch_size": [16, 48, 48], "batch_size": 2}),
     # nnU-Net's own network from the fixture's plans: nothing to shrink
     "unet_fewshot": TinySettings(patch_size=(16, 48, 48)),
 }
