@@ -2,7 +2,7 @@
 
 Read by the tests (tests/test_network_contract.py builds each network alone; tests/test_trainer_runs.py trains
 each trainer a few steps), by ``nnunet_fm.tools.gpu_check``'s dry run and by ``scripts/model_fingerprint.py``
-(whose tiny-network hashes they define). tests/test_network_contract.py fails when a registered family has no
+(its tiny networks are built from them). tests/test_network_contract.py fails when a registered family has no
 entry here. This module imports nothing of the plugin, so that the fingerprint script can load it from its own
 checkout while it measures another.
 """
