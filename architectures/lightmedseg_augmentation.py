@@ -10,14 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["WHOLE_CROP", "lightmedseg_transforms", "training_transforms"]
+__all__ = ["WHOLE_CROP", "training_transforms"]
 
 #: rotation needs nnU-Net's enlarged initial crop, centre-cropped back to the patch
 WHOLE_CROP = False
 
 
-def lightmedseg_transforms(patch_size: Sequence[int], rotation_for_da: Any) -> list:
-    """Random flipping, rotation and Gaussian noise (LightMedSeg §4), without label handling."""
+def training_transforms(
+    patch_size: Sequence[int], rotation_for_da: Any, mirror_axes: tuple[int, ...] | None, slice_axis: int
+) -> list:
+    """Random flipping, rotation and Gaussian noise (LightMedSeg §4), without label handling: flips on every axis
+    whatever ``mirror_axes`` says (that key sets test-time mirroring here); no per-slice rule, so ``slice_axis`` is
+    unused."""
     from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
     from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
     from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
@@ -38,11 +42,3 @@ def lightmedseg_transforms(patch_size: Sequence[int], rotation_for_da: Any) -> l
         ),
         MirrorTransform(allowed_axes=tuple(range(len(patch_size)))),
     ]
-
-
-def training_transforms(
-    patch_size: Sequence[int], rotation_for_da: Any, mirror_axes: tuple[int, ...] | None, slice_axis: int
-) -> list:
-    """:func:`lightmedseg_transforms`: the same flips whatever ``mirror_axes`` says (that key sets test-time
-    mirroring here); no per-slice rule, so ``slice_axis`` is unused."""
-    return lightmedseg_transforms(patch_size, rotation_for_da)

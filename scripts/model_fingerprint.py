@@ -4,10 +4,11 @@ Prints JSON: per family, the parameter counts of the default network (ViT-S/16 e
 a hash of a tiny network's output (seeded init, fixed input, eval mode); per template, the configuration
 ``plans add`` writes for a fixed 3d_fullres parent. Run it on two checkouts and diff the output:
 
-    python scripts/model_fingerprint.py > after.json
-    PYTHONPATH=/path/to/old_package python scripts/model_fingerprint.py > before.json
+    OMP_NUM_THREADS=1 python scripts/model_fingerprint.py > after.json
+    OMP_NUM_THREADS=1 PYTHONPATH=/path/to/old_package python scripts/model_fingerprint.py > before.json
 
-(an old checkout's package laid out as installed: ``nnunet_fm/`` with ``architectures/``, ``trainers/`` and
+(the same thread count on both sides: CPU reductions, and so the output hashes, depend on it; an old checkout's
+package laid out as installed: ``nnunet_fm/`` with ``architectures/``, ``trainers/`` and
 ``plans_templates/`` inside it). Works with any checkout that has ``nnunet_fm.plans.build_configuration``. The
 tiny networks are the families' tiny test settings, read from this script's own checkout
 (``nnunet_fm/tools/tiny_settings.py``), so that both runs build and feed the same tiny networks.
@@ -45,8 +46,8 @@ PARENT = {
 }
 
 
-#: spatial shape of the fixed input each tiny network is fingerprinted on (the cube's is its patch)
-PROBE_INPUT = {"dinov3_ffa": (3, 32, 32), "dinov3_cube": (8, 16, 32), "lightmedseg": (16, 32, 32)}
+#: spatial shape of the fixed input a tiny network is fingerprinted on, where it is not its tiny patch (the cube's)
+PROBE_INPUT = {"dinov3_ffa": (3, 32, 32), "lightmedseg": (16, 32, 32)}
 
 
 def _tiny_settings() -> ModuleType:
@@ -88,7 +89,8 @@ def networks() -> dict[str, dict]:
         kwargs = {"patch_size": list(tiny.patch_size)} if "patch_size" in inspect.signature(cls).parameters else {}
         torch.manual_seed(0)
         net = cls(tiny.input_channels, tiny.num_classes, **kwargs, **copy.deepcopy(tiny.arch_kwargs)).eval()
-        x = torch.randn((1, tiny.input_channels, *PROBE_INPUT[name]), generator=torch.Generator().manual_seed(1))
+        shape = (1, tiny.input_channels, *PROBE_INPUT.get(name, tiny.patch_size))
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             y = net(x)
         out[name] = {"default": _counts(default(cls)), "tiny": _counts(net), "tiny_output": _digest(y)}
